@@ -1,0 +1,270 @@
+"""The whole MILES library through the real pipeline, augmented with radial velocities and noise.
+
+MILES spectra are in the stellar rest frame and nearly noiseless, so every star is written
+COPIES times into a multi-spectrum FITS table with a random radial velocity (uniform in
+±300 km/s) and Gaussian noise (S/N per pixel log-uniform in 10–200), with those values as
+the `rv` and `snr` labels. The table is ingested, and the model trained, encoded, analysed
+and indexed with the ordinary pipeline. Then:
+
+- reconstruction error and informative dimensions;
+- mutual information of each latent dimension (and each PCA component) with Teff, log g,
+  [Fe/H], RV and S/N;
+- the median absolute error of Teff, log g and [Fe/H] voted by the 10 nearest neighbours,
+  leave-one-star-out (the other copies of the query star do not count), in the model's
+  latent space, in a PCA space of the same size, and in raw (gridded) flux.
+
+Usage: python bench/miles.py [--miles DIR] [--copies 5] [--epochs 120] [--out bench/results]
+Writes bench/results/miles.json and miles.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from model import analysis  # noqa: E402
+from model.api import LatentModel  # noqa: E402
+from model.preprocess import C_KMS  # noqa: E402
+from service import pipeline  # noqa: E402
+from service.archive import Archive  # noqa: E402
+from service.config import load_config  # noqa: E402
+
+LABELS = ("teff", "logg", "feh", "rv", "snr")
+
+
+def write_augmented(miles_dir: Path, path: Path, copies: int, seed: int) -> None:
+    """COPIES Doppler-shifted, noisy versions of every MILES star, on the original air grid."""
+    rng = np.random.default_rng(seed)
+    with fits.open(miles_dir / "miles_spectra.fits") as hdus:
+        table = hdus["SPECTRA"].data
+        wave = np.asarray(hdus["WAVELENGTH"].data["wavelength"], float)
+        primary = hdus[0].header.copy()
+        n = len(table)
+        total = n * copies
+        flux = np.empty((total, len(wave)), np.float32)
+        ivar = np.empty_like(flux)
+        star = np.repeat(np.arange(n), copies)
+        rv = rng.uniform(-300, 300, total)
+        snr = np.exp(rng.uniform(np.log(10), np.log(200), total))
+        for i in range(total):
+            source = np.asarray(table["flux"][star[i]], float)
+            shifted = np.interp(wave, wave * (1 + rv[i] / C_KMS), source, left=np.nan, right=np.nan)
+            sigma = np.nanmedian(np.abs(source)) / snr[i]
+            flux[i] = shifted + rng.normal(0, sigma, len(wave))
+            ivar[i] = np.where(np.isfinite(shifted) & (source > 0), 1 / sigma**2, 0)
+        flux = np.nan_to_num(flux, nan=0.0)
+        ids = np.array([f"{table['miles_id'][s]}_{i % copies}" for i, s in enumerate(star)])
+        columns = [
+            fits.Column("obsid", "12A", array=ids),
+            fits.Column("star", "5A", array=table["miles_id"][star]),
+            fits.Column("teff", "D", array=table["teff"][star], unit="K"),
+            fits.Column("logg", "D", array=table["logg"][star]),
+            fits.Column("feh", "D", array=table["feh"][star]),
+            fits.Column("rv", "D", array=rv, unit="km/s"),
+            fits.Column("snr", "D", array=snr),
+            fits.Column("flux", f"{len(wave)}E", array=flux),
+            fits.Column("ivar", f"{len(wave)}E", array=ivar),
+        ]
+    hdul = fits.HDUList(
+        [
+            fits.PrimaryHDU(header=primary),
+            fits.BinTableHDU.from_columns(columns, name="SPECTRA"),
+            fits.BinTableHDU.from_columns(
+                [fits.Column("wavelength", "D", array=wave, unit="Angstrom")], name="WAVELENGTH"
+            ),
+        ]
+    )
+    hdul.writeto(path, overwrite=True)
+
+
+def vote_errors(space: np.ndarray, labels: dict, groups: np.ndarray, k: int = 10) -> dict:
+    errors = {}
+    for name in ("teff", "logg", "feh"):
+        truth = labels[name]
+        predicted = analysis.knn_label_vote(space, truth, groups, k=k)
+        ok = np.isfinite(truth) & np.isfinite(predicted)
+        errors[name] = float(np.median(np.abs(predicted[ok] - truth[ok])))
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--miles", default=os.environ.get("LATENTVO_MILES_DIR", REPO.parent / "shared/data/miles")
+    )
+    parser.add_argument("--copies", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=120)
+    parser.add_argument("--latent-dim", type=int, default=16)
+    parser.add_argument("--n-pixels", type=int, default=2048)
+    parser.add_argument("--kl-weight", type=float, default=None)
+    parser.add_argument("--work", default=REPO / "var" / "bench-miles")
+    parser.add_argument("--out", default=REPO / "bench" / "results")
+    args = parser.parse_args()
+
+    work, out = Path(args.work), Path(args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    table = work / "miles_augmented.fits"
+    started = time.perf_counter()
+    write_augmented(Path(args.miles), table, args.copies, seed=1)
+    model_overrides = {"epochs": args.epochs, "latent_dim": args.latent_dim, "augment_copies": 0}
+    if args.kl_weight is not None:
+        model_overrides["kl_weight"] = args.kl_weight
+    config = load_config(
+        environ={},
+        overrides={
+            "archive": {"root": str(work / "archive")},
+            "grid": {"n_pixels": args.n_pixels},
+            "model": model_overrides,
+        },
+    )
+    archive = Archive.from_config(config)
+    timings = {}
+    t0 = time.perf_counter()
+    summary = pipeline.ingest(archive, [table], collection="miles_aug")
+    timings["ingest_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    version = pipeline.train_model(archive, config)
+    timings["train_s"] = time.perf_counter() - t0
+    for stage, run in (
+        ("encode_s", lambda: pipeline.encode(archive, version)),
+        ("analyse_s", lambda: pipeline.analyse(archive, config, version)),
+        ("index_s", lambda: pipeline.build_index(archive, config, version)),
+    ):
+        t0 = time.perf_counter()
+        result = run()
+        timings[stage] = time.perf_counter() - t0
+        if stage == "analyse_s":
+            summary_analysis = result
+
+    model = LatentModel(archive.model_dir(version))
+    dids = archive.latent_dids(version)
+    labels = archive.label_arrays(dids)
+    stars = np.array([d.rsplit("/", 1)[1].rsplit("_", 1)[0] for d in dids])
+    groups = np.unique(stars, return_inverse=True)[1]
+    latents = np.asarray(model.latents)
+    informative = summary_analysis["informative_dims"]
+    rows_all = archive.spectra(columns="obs_publisher_did, source_path, source_index")
+    by_did = {r["obs_publisher_did"]: r for r in rows_all}
+    spectra = [None] * len(dids)
+    for position, spectrum in pipeline.load_spectra([by_did[d] for d in dids]):
+        spectra[position] = spectrum
+    from model.preprocess import prepare_many
+
+    flux, good, _ = prepare_many(spectra, model.grid)
+    pca, _ = analysis.pca_baseline(flux, args.latent_dim, mask=~good)
+    nuisance = {
+        summary_analysis["concentration"][name]["dim"]
+        for name in ("rv", "snr")
+        if name in summary_analysis["concentration"]
+    }
+    physical = [d for d in informative if d not in nuisance] or informative
+    votes = {
+        "latent (informative dims)": vote_errors(latents[:, informative], labels, groups),
+        "latent (informative, without the RV and S/N dims)": vote_errors(
+            latents[:, physical], labels, groups
+        ),
+        f"PCA ({args.latent_dim} components)": vote_errors(pca, labels, groups),
+        "raw flux": vote_errors(flux, labels, groups),
+    }
+    mi_rows = archive.conn.execute(
+        "SELECT dim, label, mi, mi_error, pca_mi, pca_mi_error, informative FROM ml_label_correlation "
+        "WHERE model_version = ? ORDER BY label, dim",
+        (version,),
+    ).fetchall()
+    model_row = archive.model(version)
+    recon = np.array(
+        [
+            r[0]
+            for r in archive.conn.execute(
+                "SELECT recon_error FROM ml_latent WHERE model_version = ?", (version,)
+            )
+        ]
+    )
+    result = {
+        "n_stars": int(groups.max() + 1),
+        "n_spectra": len(dids),
+        "copies": args.copies,
+        "grid": model.grid.to_dict(),
+        "latent_dim": args.latent_dim,
+        "kl_weight": config["model"]["kl_weight"],
+        "epochs_run": json.loads(model_row["metrics"])["epochs_run"],
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "total_s": round(time.perf_counter() - started, 1),
+        "recon_rmse_median": float(np.median(recon)),
+        "val_rmse": model_row["recon_rmse"],
+        "informative_dims": informative,
+        "nuisance_dims": sorted(nuisance),
+        "recall_at_10": model_row["index_recall_at_10"],
+        "concentration": summary_analysis["concentration"],
+        "pca_concentration": summary_analysis["pca_concentration"],
+        "mi": [dict(r) for r in mi_rows if r["label"] in LABELS],
+        "knn_vote_median_abs_error": votes,
+        "ingest": str(summary).splitlines()[0],
+    }
+    (out / "miles.json").write_text(json.dumps(result, indent=2))
+    (out / "miles.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        f"# MILES benchmark: {r['n_stars']} stars × {r['copies']} augmented copies "
+        f"= {r['n_spectra']} spectra",
+        "",
+        f"grid {r['grid']['n_pixels']} px {r['grid']['wave_min']:.1f}–{r['grid']['wave_max']:.1f} Å; "
+        f"latent {r['latent_dim']}, β={r['kl_weight']}, {r['epochs_run']} epochs; timings {r['timings_s']}",
+        f"reconstruction RMSE (median, normalised flux): {r['recon_rmse_median']:.4f}; "
+        f"validation RMSE {r['val_rmse']:.4f}; recall@10 {r['recall_at_10']:.4f}",
+        f"informative dimensions: {r['informative_dims']} (RV/S/N dims: {r['nuisance_dims']})",
+        "",
+        "| label | best latent dim | MI (nats) | share of label's MI | best PCA comp. | PCA MI |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in LABELS:
+        c, p = r["concentration"].get(name), r["pca_concentration"].get(name)
+        if c:
+            lines.append(
+                f"| {name} | z{c['dim']} | {c['mi']:.2f} | {c['fraction']:.0%} "
+                f"| PC{p['dim']} | {p['mi']:.2f} |"
+            )
+    lines += [
+        "",
+        "Median absolute error of labels voted by the 10 nearest neighbours (leave-one-star-out):",
+        "",
+        "| space | Teff (K) | log g | [Fe/H] |",
+        "|---|---|---|---|",
+    ]
+    for space, e in r["knn_vote_median_abs_error"].items():
+        lines.append(f"| {space} | {e['teff']:.0f} | {e['logg']:.3f} | {e['feh']:.3f} |")
+    lines += [
+        "",
+        "Full MI table (nats; model / PCA component of the same number):",
+        "",
+        "| label | dim | informative | MI model | MI PCA |",
+        "|---|---|---|---|---|",
+    ]
+    for m in r["mi"]:
+        lines.append(
+            f"| {m['label']} | {m['dim']} | {m['informative']} | {m['mi']:.3f} ± {m['mi_error']:.3f} "
+            f"| {m['pca_mi']:.3f} ± {m['pca_mi_error']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

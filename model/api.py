@@ -1,0 +1,124 @@
+"""The handful of calls the service makes into ``model/``: load, encode, reconstruct, neighbours.
+
+A :class:`LatentModel` wraps one model version directory. Latent matrices and the Annoy index
+are memory-mapped, so every server worker that loads the same version shares one copy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import grid_of, load_checkpoint
+from model.preprocess import prepare_many
+from model.similarity import LatentIndex, exact_search
+from model.spectrum import Spectrum
+
+MEAN_FILE = "latent_mean.npy"
+VAR_FILE = "latent_var.npy"
+INDEX_FILE = "index.ann"
+ANALYSIS_FILE = "analysis.json"
+
+
+@dataclass
+class Encoded:
+    mean: np.ndarray  # (n, d) float32 posterior means
+    var: np.ndarray  # (n, d) float32 posterior variances
+    recon_error: np.ndarray  # (n,) RMS residual over good pixels, normalised-flux units
+    coverage: np.ndarray | None = None  # (n,) fraction of the grid the input covered
+
+
+class LatentModel:
+    """One trained model version and, once built, its latents and similarity index."""
+
+    def __init__(self, directory: str | Path, device: str = "cpu") -> None:
+        self.directory = Path(directory)
+        self.device = torch.device(device)
+        self.vae, self.config = load_checkpoint(self.directory, self.device)
+        self.grid = grid_of(self.config)
+        self._latents: np.ndarray | None = None
+        self._index: LatentIndex | None = None
+
+    @property
+    def latent_dim(self) -> int:
+        return self.vae.config.latent_dim
+
+    @property
+    def latents(self) -> np.ndarray:
+        """The archive's posterior means, memory-mapped (row i = archive row i of this version)."""
+        if self._latents is None:
+            self._latents = np.load(self.directory / MEAN_FILE, mmap_mode="r")
+        return self._latents
+
+    @property
+    def informative_dims(self) -> list[int]:
+        path = self.directory / ANALYSIS_FILE
+        if path.exists():
+            return list(json.loads(path.read_text())["informative_dims"])
+        return list(range(self.latent_dim))
+
+    @property
+    def index(self) -> LatentIndex:
+        if self._index is None:
+            self._index = LatentIndex.load(self.directory / INDEX_FILE, self.latents)
+        return self._index
+
+    @torch.no_grad()
+    def encode_arrays(self, flux: np.ndarray, good: np.ndarray, batch_size: int = 512) -> Encoded:
+        """Encode spectra already on the grid; returns posterior means, variances, reconstruction error."""
+        n = len(flux)
+        mean = np.empty((n, self.latent_dim), np.float32)
+        var = np.empty((n, self.latent_dim), np.float32)
+        err = np.empty(n, np.float32)
+        for start in range(0, n, batch_size):
+            x = torch.as_tensor(np.asarray(flux[start : start + batch_size], np.float32), device=self.device)
+            m = torch.as_tensor(np.asarray(good[start : start + batch_size], bool), device=self.device)
+            mu, logvar = self.vae.encode(x, m)
+            recon = self.vae.decode(mu)
+            mf = m.float()
+            rmse = torch.sqrt((mf * (recon - x) ** 2).sum(1) / mf.sum(1).clamp(min=1))
+            stop = start + len(x)
+            mean[start:stop] = mu.cpu().numpy()
+            var[start:stop] = logvar.exp().cpu().numpy()
+            err[start:stop] = rmse.cpu().numpy()
+        return Encoded(mean, var, err)
+
+    def encode_spectra(self, spectra: Sequence[Spectrum]) -> Encoded:
+        """Resample spectra from any grid onto the model's, then encode them."""
+        flux, good, coverage = prepare_many(spectra, self.grid)
+        encoded = self.encode_arrays(flux, good)
+        encoded.coverage = coverage
+        return encoded
+
+    @torch.no_grad()
+    def reconstruct(self, z: np.ndarray) -> np.ndarray:
+        """Decode latent vectors (n, d) or (d,) into normalised flux on the model's grid."""
+        z = np.atleast_2d(np.asarray(z, np.float32))
+        return self.vae.decode(torch.as_tensor(z, device=self.device)).cpu().numpy()
+
+    def neighbours(
+        self,
+        row: int | None = None,
+        vector: np.ndarray | None = None,
+        k: int = 10,
+        dims: Sequence[int] | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest archive rows of an archive row or of a latent vector.
+
+        With no ``dims`` and no ``weights`` the Annoy index (over the informative dimensions)
+        answers; otherwise exact search over the chosen dimensions does.
+        """
+        if (row is None) == (vector is None):
+            raise ValueError("give exactly one of row and vector")
+        if dims is None and weights is None:
+            if row is not None:
+                return self.index.query_row(int(row), k)
+            return self.index.query_vector(np.asarray(vector, np.float32), k)
+        query = np.asarray(self.latents[row] if row is not None else vector, np.float32)
+        return exact_search(self.latents, query, k, dims=dims, weights=weights)

@@ -1,0 +1,190 @@
+"""Training the β-VAE: seeded, deterministic on CPU, validation split, early stopping."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from model.vae import SpectrumVAE, VAEConfig, kl_divergence, masked_gaussian_nll
+
+
+@dataclass
+class TrainConfig:
+    latent_dim: int = 16
+    kl_weight: float = 0.5
+    kl_warmup_epochs: int = 10
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])
+    epochs: int = 120
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    validation_fraction: float = 0.15
+    patience: int = 15
+    seed: int = 42
+    #: σ of the Gaussian likelihood in normalised-flux units (the median flux is 1).
+    recon_sigma: float = 0.02
+    device: str = "auto"
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> TrainConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: SpectrumVAE
+    history: list[dict]
+    metrics: dict
+    training_set_hash: str
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def dataset_hash(flux: np.ndarray, good: np.ndarray) -> str:
+    """A content hash of exactly what the model was trained on."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(flux, dtype=np.float32).tobytes())
+    digest.update(np.packbits(np.ascontiguousarray(good, dtype=bool)).tobytes())
+    return digest.hexdigest()
+
+
+def split_by_group(
+    n: int, groups: Sequence | None, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation row indices; rows of one group (augmented copies of one star) stay together."""
+    rng = np.random.default_rng(seed)
+    group_ids = np.arange(n) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    unique = np.unique(group_ids)
+    n_val = int(round(len(unique) * fraction)) if len(unique) > 4 else 0
+    val_groups = rng.choice(unique, size=n_val, replace=False)
+    is_val = np.isin(group_ids, val_groups)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train(
+    flux: np.ndarray,
+    good: np.ndarray,
+    config: TrainConfig,
+    groups: Sequence | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fit a :class:`SpectrumVAE` to ``flux`` (n, p) with good-pixel mask ``good`` (n, p)."""
+    if len(flux) < 2:
+        raise ValueError("need at least two spectra to train")
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    vae_config = VAEConfig(
+        n_pixels=flux.shape[1], latent_dim=config.latent_dim, channels=list(config.channels)
+    )
+    model = SpectrumVAE(vae_config).to(device)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    train_rows, val_rows = split_by_group(len(flux), groups, config.validation_fraction, config.seed)
+    if not len(val_rows):
+        val_rows = train_rows
+    x_all = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32))
+    m_all = torch.from_numpy(np.ascontiguousarray(good, dtype=bool))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser,
+        max_lr=config.learning_rate,
+        total_steps=config.epochs * math.ceil(len(train_rows) / config.batch_size),
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    best = (math.inf, None, -1)
+    history: list[dict] = []
+    started = time.perf_counter()
+    bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not progress)
+    for epoch in bar:
+        beta = config.kl_weight * min(1.0, (epoch + 1) / max(1, config.kl_warmup_epochs))
+        model.train()
+        order = torch.from_numpy(train_rows)[torch.randperm(len(train_rows), generator=generator)]
+        totals = np.zeros(3)
+        for start in range(0, len(order), config.batch_size):
+            rows = order[start : start + config.batch_size]
+            x, m = x_all[rows].to(device), m_all[rows].to(device)
+            recon, mean, logvar = model(x, m)
+            rec = masked_gaussian_nll(recon, x, m, config.recon_sigma).mean()
+            kl = kl_divergence(mean, logvar).sum(dim=1).mean()
+            loss = rec + beta * kl
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimiser.step()
+            scheduler.step()
+            totals += np.array([loss.item(), rec.item(), kl.item()]) * len(rows)
+        train_loss, train_rec, train_kl = totals / len(order)
+        val = evaluate(model, x_all[val_rows], m_all[val_rows], config, device)
+        record = {
+            "epoch": epoch + 1,
+            "beta": beta,
+            "train_loss": train_loss,
+            "train_recon": train_rec,
+            "train_kl": train_kl,
+            **{f"val_{k}": v for k, v in val.items()},
+        }
+        history.append(record)
+        bar.set_postfix(loss=f"{train_loss:.1f}", val=f"{val['loss']:.1f}", kl=f"{train_kl:.1f}")
+        # Early stopping only once β has reached its final value, so losses are comparable.
+        if epoch + 1 >= config.kl_warmup_epochs:
+            if val["loss"] < best[0]:
+                best = (val["loss"], copy.deepcopy(model.state_dict()), epoch + 1)
+            elif epoch + 1 - best[2] >= config.patience:
+                break
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    model.eval()
+    final_val = evaluate(model, x_all[val_rows], m_all[val_rows], config, device)
+    metrics = {
+        "best_epoch": best[2],
+        "epochs_run": len(history),
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "n_train": int(len(train_rows)),
+        "n_validation": int(len(val_rows)),
+        "device": str(device),
+        **{f"val_{k}": v for k, v in final_val.items()},
+    }
+    return TrainResult(model.cpu(), history, metrics, dataset_hash(flux, good))
+
+
+@torch.no_grad()
+def evaluate(
+    model: SpectrumVAE, x: torch.Tensor, m: torch.Tensor, config: TrainConfig, device: torch.device
+) -> dict:
+    """Validation loss at the final β, with the posterior mean (no sampling): deterministic."""
+    model.eval()
+    totals = np.zeros(4)
+    for start in range(0, len(x), 512):
+        xb, mb = x[start : start + 512].to(device), m[start : start + 512].to(device)
+        recon, mean, logvar = model(xb, mb, sample=False)
+        rec = masked_gaussian_nll(recon, xb, mb, config.recon_sigma)
+        kl = kl_divergence(mean, logvar).sum(dim=1)
+        goodf = mb.float()
+        rmse = torch.sqrt((goodf * (recon - xb) ** 2).sum(1) / goodf.sum(1).clamp(min=1))
+        totals += np.array(
+            [(rec + config.kl_weight * kl).sum().item(), rec.sum().item(), kl.sum().item(), rmse.sum().item()]
+        )
+    loss, rec, kl, rmse = totals / max(1, len(x))
+    return {"loss": float(loss), "recon": float(rec), "kl": float(kl), "rmse": float(rmse)}

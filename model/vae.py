@@ -1,0 +1,107 @@
+"""A 1D convolutional β-VAE for spectra on a common grid.
+
+The encoder sees two channels, the masked flux and the mask itself, so a spectrum that
+covers only part of the grid (an upload from another instrument) is encoded from what it
+has rather than from zeros it never measured. The loss is a masked Gaussian
+reconstruction term plus β·KL; β trades reconstruction for disentanglement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class VAEConfig:
+    n_pixels: int
+    latent_dim: int = 16
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])
+    kernel_size: int = 7
+    hidden: int = 256
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VAEConfig:
+        return cls(**{k: data[k] for k in ("n_pixels", "latent_dim", "channels", "kernel_size", "hidden")})
+
+    @property
+    def padded_pixels(self) -> int:
+        """Input length rounded up so that every stride-2 stage halves it exactly."""
+        factor = 2 ** len(self.channels)
+        return -(-self.n_pixels // factor) * factor
+
+
+class SpectrumVAE(nn.Module):
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        pad = config.kernel_size // 2
+        layers: list[nn.Module] = []
+        in_ch = 2
+        for out_ch in config.channels:
+            layers += [nn.Conv1d(in_ch, out_ch, config.kernel_size, stride=2, padding=pad), nn.GELU()]
+            in_ch = out_ch
+        self.encoder_conv = nn.Sequential(*layers)
+        self.reduced = config.padded_pixels // 2 ** len(config.channels)
+        flat = config.channels[-1] * self.reduced
+        self.encoder_head = nn.Sequential(nn.Flatten(), nn.Linear(flat, config.hidden), nn.GELU())
+        self.to_mean = nn.Linear(config.hidden, config.latent_dim)
+        self.to_logvar = nn.Linear(config.hidden, config.latent_dim)
+
+        self.decoder_head = nn.Sequential(
+            nn.Linear(config.latent_dim, config.hidden), nn.GELU(), nn.Linear(config.hidden, flat), nn.GELU()
+        )
+        layers = []
+        chans = list(reversed(config.channels))
+        for in_ch, out_ch in zip(chans, chans[1:] + [chans[-1]], strict=True):
+            layers += [
+                nn.ConvTranspose1d(
+                    in_ch, out_ch, config.kernel_size, stride=2, padding=pad, output_padding=1
+                ),
+                nn.GELU(),
+            ]
+        layers.append(nn.Conv1d(chans[-1], 1, config.kernel_size, padding=pad))
+        self.decoder_conv = nn.Sequential(*layers)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        extra = self.config.padded_pixels - x.shape[-1]
+        return nn.functional.pad(x, (0, extra)) if extra else x
+
+    def encode(self, flux: torch.Tensor, good: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance for a batch of (flux, good-mask) pairs of shape (B, n_pixels)."""
+        good = good.to(flux.dtype)
+        # Normalised spectra have median 1: centre them so the network works around zero.
+        x = self._pad(torch.stack([(flux - 1.0) * good, good], dim=1))
+        h = self.encoder_head(self.encoder_conv(x))
+        return self.to_mean(h), self.to_logvar(h).clamp(-12.0, 8.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.decoder_head(z).view(z.shape[0], self.config.channels[-1], self.reduced)
+        return 1.0 + self.decoder_conv(h)[:, 0, : self.config.n_pixels]
+
+    def forward(
+        self, flux: torch.Tensor, good: torch.Tensor, sample: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encode(flux, good)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
+        return self.decode(z), mean, logvar
+
+
+def masked_gaussian_nll(
+    recon: torch.Tensor, flux: torch.Tensor, good: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """Per-spectrum ½Σ(good·(x−x̂)²)/σ², rescaled to the full grid length so partial spectra weigh alike."""
+    good = good.to(flux.dtype)
+    n_good = good.sum(dim=1).clamp(min=1.0)
+    sq = (good * (recon - flux) ** 2).sum(dim=1)
+    return 0.5 * sq / sigma**2 * (flux.shape[1] / n_good)
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)) per spectrum and dimension (nats)."""
+    return 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar)

@@ -1,0 +1,137 @@
+-- The archive database. Tables seen through TAP as schema.table are stored as schema_table
+-- (SQLite has no schemas); the ADQL layer maps the names. Latent columns z<i>, z<i>_var of
+-- ml_latent are added by the archive for the largest latent size in use.
+
+CREATE TABLE IF NOT EXISTS archive_setting (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- One row per spectrum: where it lives, its metadata and its physical labels.
+CREATE TABLE IF NOT EXISTS spectrum (
+    row_id            INTEGER PRIMARY KEY,
+    obs_publisher_did TEXT NOT NULL UNIQUE,
+    obs_id            TEXT NOT NULL,
+    obs_collection    TEXT NOT NULL,
+    target_name       TEXT,
+    s_ra              REAL,
+    s_dec             REAL,
+    t_min             REAL,
+    t_max             REAL,
+    t_exptime         REAL,
+    em_min            REAL NOT NULL,
+    em_max            REAL NOT NULL,
+    em_res_power      REAL,
+    em_xel            INTEGER NOT NULL,
+    medium            TEXT NOT NULL,
+    flux_unit         TEXT,
+    instrument_name   TEXT,
+    source_path       TEXT NOT NULL,
+    source_format     TEXT NOT NULL,
+    source_index      INTEGER NOT NULL,
+    source_sha256     TEXT NOT NULL,
+    access_estsize    INTEGER,
+    teff              REAL,
+    logg              REAL,
+    feh               REAL,
+    rv                REAL,
+    snr               REAL,
+    vsini             REAL,
+    airmass           REAL,
+    extra_labels      TEXT,
+    ingested_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spectrum_collection ON spectrum (obs_collection);
+CREATE INDEX IF NOT EXISTS spectrum_source ON spectrum (source_path, source_index);
+CREATE INDEX IF NOT EXISTS spectrum_dec ON spectrum (s_dec);
+
+-- ObsCore 1.1 view; access_url points at DataLink under the configured public base URL.
+CREATE VIEW IF NOT EXISTS ivoa_obscore AS
+SELECT
+    'spectrum'                       AS dataproduct_type,
+    NULL                             AS dataproduct_subtype,
+    2                                AS calib_level,
+    s.obs_collection                 AS obs_collection,
+    s.obs_id                         AS obs_id,
+    s.obs_publisher_did              AS obs_publisher_did,
+    (SELECT value FROM archive_setting WHERE name = 'base_url')
+        || '/datalink/links?ID=' || s.obs_publisher_did AS access_url,
+    'application/x-votable+xml;content=datalink' AS access_format,
+    s.access_estsize                 AS access_estsize,
+    s.target_name                    AS target_name,
+    NULL                             AS target_class,
+    s.s_ra                           AS s_ra,
+    s.s_dec                          AS s_dec,
+    NULL                             AS s_fov,
+    NULL                             AS s_region,
+    NULL                             AS s_resolution,
+    1                                AS s_xel1,
+    1                                AS s_xel2,
+    NULL                             AS s_calib_status,
+    s.t_min                          AS t_min,
+    s.t_max                          AS t_max,
+    s.t_exptime                      AS t_exptime,
+    NULL                             AS t_resolution,
+    1                                AS t_xel,
+    s.em_min                         AS em_min,
+    s.em_max                         AS em_max,
+    s.em_res_power                   AS em_res_power,
+    s.em_xel                         AS em_xel,
+    'em.wl'                          AS em_ucd,
+    NULL                             AS o_ucd,
+    NULL                             AS pol_states,
+    1                                AS pol_xel,
+    NULL                             AS facility_name,
+    s.instrument_name                AS instrument_name
+FROM spectrum AS s;
+
+CREATE TABLE IF NOT EXISTS ml_model (
+    model_version      INTEGER PRIMARY KEY,
+    created            TEXT NOT NULL,
+    stage              TEXT NOT NULL,   -- trained, encoded, analysed, indexed
+    is_current         INTEGER NOT NULL DEFAULT 0,
+    directory          TEXT NOT NULL,
+    training_set_hash  TEXT NOT NULL,
+    n_train            INTEGER NOT NULL,
+    grid_wave_min      REAL NOT NULL,   -- vacuum Angstrom
+    grid_wave_max      REAL NOT NULL,
+    grid_n_pixels      INTEGER NOT NULL,
+    latent_dim         INTEGER NOT NULL,
+    kl_weight          REAL NOT NULL,
+    informative_dims   TEXT,            -- space-separated dimension numbers
+    recon_rmse         REAL,
+    index_n_trees      INTEGER,
+    index_search_k     INTEGER,
+    index_recall_at_10 REAL,
+    metrics            TEXT             -- JSON
+);
+
+CREATE TABLE IF NOT EXISTS ml_latent (
+    obs_publisher_did TEXT NOT NULL,
+    model_version     INTEGER NOT NULL REFERENCES ml_model (model_version),
+    row_index         INTEGER NOT NULL,
+    recon_error       REAL,
+    lof_score         REAL,
+    anomaly_score     REAL,
+    PRIMARY KEY (model_version, obs_publisher_did),
+    UNIQUE (model_version, row_index)
+);
+
+-- Mutual information (nats) and correlations between latent dimension and label, with the
+-- same figures for principal component number `dim` of a PCA of equal size.
+CREATE TABLE IF NOT EXISTS ml_label_correlation (
+    model_version INTEGER NOT NULL REFERENCES ml_model (model_version),
+    dim           INTEGER NOT NULL,
+    label         TEXT NOT NULL,
+    informative   INTEGER NOT NULL,
+    mi            REAL,
+    mi_error      REAL,
+    pearson       REAL,
+    spearman      REAL,
+    pca_mi        REAL,
+    pca_mi_error  REAL,
+    pca_pearson   REAL,
+    pca_spearman  REAL,
+    n_spectra     INTEGER,
+    PRIMARY KEY (model_version, dim, label)
+);

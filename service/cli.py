@@ -1,0 +1,127 @@
+"""``latentvo`` command line: one verb per pipeline stage, plus ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from service import __version__, pipeline
+from service.archive import Archive
+from service.config import ConfigError, load_config
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "resources" / "demo"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentvo", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"latentvo {__version__}")
+    parser.add_argument("--config", help="site configuration file (TOML); default $LATENTVO_CONFIG")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("ingest", help="put spectra and labels into the archive")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="spectrum files or directories")
+    p.add_argument("--labels", help="table of labels keyed by identifier (ECSV, CSV, VOTable, FITS)")
+    p.add_argument("--collection", help="obs_collection for these spectra (default from config)")
+
+    verbs.add_parser("train", help="train a new model version on the archive")
+    for verb, text in (
+        ("encode", "latent vectors of every spectrum"),
+        ("analyse", "informative dimensions, label mutual information, anomaly scores"),
+        ("index", "build the similarity index and put the version in service"),
+    ):
+        p = verbs.add_parser(verb, help=text)
+        p.add_argument("--model-version", type=int, help="default: the newest version")
+
+    p = verbs.add_parser(
+        "demo", help="build the bundled demo archive (ingest, train, encode, analyse, index)"
+    )
+    p.add_argument("--root", help="archive directory (default from resources/demo/demo.toml)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return run(args)
+    except (ConfigError, LookupError, ValueError, FileNotFoundError) as exc:
+        print(f"latentvo {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    if args.verb == "demo":
+        return demo(args, progress)
+    config = load_config(args.config)
+    archive = Archive.from_config(config)
+    if args.verb == "ingest":
+        collection = args.collection or config["archive"]["default_collection"]
+        summary = pipeline.ingest(archive, args.paths, args.labels, collection, progress)
+        print(summary)
+        return 1 if summary.failed and not (summary.added or summary.updated) else 0
+    if args.verb == "train":
+        version = pipeline.train_model(archive, config, progress)
+        row = archive.model(version)
+        print(
+            f"model version {version}: validation RMSE {row['recon_rmse']:.4f} "
+            f"({json.loads(row['metrics'])['epochs_run']} epochs)"
+        )
+        return 0
+    if args.verb == "encode":
+        version = pipeline.encode(archive, args.model_version, progress=progress)
+        print(f"model version {version}: encoded {archive.count('spectrum')} spectra")
+        return 0
+    if args.verb == "analyse":
+        print_analysis(pipeline.analyse(archive, config, args.model_version, progress=progress))
+        return 0
+    if args.verb == "index":
+        result = pipeline.build_index(archive, config, args.model_version, progress)
+        print(
+            f"model version {result['version']} in service: n_trees={result['n_trees']} "
+            f"search_k={result['search_k']} recall@10={result['recall_at_k']:.4f}"
+        )
+        return 0
+    raise AssertionError(args.verb)
+
+
+def print_analysis(summary: dict) -> None:
+    print(f"informative dimensions: {summary['informative_dims']}")
+    for label, best in summary["concentration"].items():
+        pca = summary["pca_concentration"].get(label, {})
+        print(
+            f"  {label:>8}: z{best['dim']} MI {best['mi']:.2f} nats ({best['fraction']:.0%} of total); "
+            f"PCA best PC{pca.get('dim')} MI {pca.get('mi', float('nan')):.2f}"
+        )
+
+
+def demo(args: argparse.Namespace, progress: bool) -> int:
+    """Every stage on the bundled sample; serving follows once the service exists."""
+    overrides = {"archive": {"root": args.root}} if args.root else None
+    config = load_config(args.config or DEMO_DIR / "demo.toml", overrides)
+    archive = Archive.from_config(config)
+    started = time.perf_counter()
+    print(
+        pipeline.ingest(
+            archive, [DEMO_DIR / "miles_demo.fits"], None, config["archive"]["default_collection"], progress
+        )
+    )
+    version = pipeline.train_model(archive, config, progress)
+    pipeline.encode(archive, version, progress=progress)
+    print_analysis(pipeline.analyse(archive, config, version, progress=progress))
+    result = pipeline.build_index(archive, config, version, progress)
+    print(
+        f"demo archive ready in {time.perf_counter() - started:.0f} s at {archive.root}: "
+        f"model version {version}, recall@10 {result['recall_at_k']:.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

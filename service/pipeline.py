@@ -1,0 +1,407 @@
+"""The pipeline stages behind the CLI: ingest → train → encode → analyse → index.
+
+Each stage reads what the previous one wrote to the archive, is safe to re-run, and writes
+its outputs atomically (a transaction, or a temp file renamed into place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+from tqdm.auto import tqdm
+
+from model import analysis
+from model.api import ANALYSIS_FILE, INDEX_FILE, MEAN_FILE, VAR_FILE, LatentModel
+from model.atomic import atomic_path, write_json_atomic
+from model.checkpoint import save_checkpoint
+from model.preprocess import Grid, prepare_augmented, prepare_many
+from model.readers import iter_spectra, label_key, read_spectra
+from model.similarity import LatentIndex
+from model.spectrum import KNOWN_LABELS, Spectrum, SpectrumReadError
+from model.training import TrainConfig, train
+from service.archive import Archive, safe_key, utc_now
+
+log = logging.getLogger(__name__)
+SPECTRUM_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".vot", ".xml", ".csv", ".ecsv", ".txt")
+ID_COLUMNS = ("obs_id", "identifier", "id", "obsid", "specid", "miles_id", "name", "filename", "file")
+
+
+# -- ingest -----------------------------------------------------------------------------
+
+
+@dataclass
+class IngestSummary:
+    files: int = 0
+    added: int = 0
+    updated: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.files} file(s): {self.added} spectra added, {self.updated} updated, "
+            f"{len(self.failed)} file(s) failed"
+        )
+        return "\n".join([text, *(f"  failed: {reason}" for _, reason in self.failed)])
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, and spectrum files found recursively in directories, sorted."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(SPECTRUM_SUFFIXES)
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def read_label_table(path: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """Labels keyed by identifier from any table astropy reads (ECSV, CSV, VOTable, FITS)."""
+    table = Table.read(path)
+    names = {n.lower(): n for n in table.colnames}
+    id_col = next((names[c] for c in ID_COLUMNS if c in names), None)
+    if id_col is None:
+        raise ValueError(f"{path}: no identifier column (one of {', '.join(ID_COLUMNS)})")
+    label_cols = {name: label_key(name) for name in table.colnames if name != id_col}
+    labels: dict[str, dict[str, float]] = {}
+    for row in table:
+        values = {}
+        for name, key in label_cols.items():
+            value = row[name]
+            if key and not np.ma.is_masked(value) and np.isscalar(value):
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    continue
+                if np.isfinite(value):
+                    values[key] = value
+        labels[str(row[id_col]).strip()] = values
+    return labels
+
+
+def spectrum_row(
+    archive: Archive,
+    spectrum: Spectrum,
+    collection: str,
+    sha256: str,
+    file_size: int,
+    n_in_file: int,
+    labels: dict[str, float],
+) -> dict:
+    """The archive row of one spectrum (ObsCore-style units: metres, MJD, seconds)."""
+    wave = spectrum.vacuum_wavelength()[spectrum.good]
+    all_labels = {**spectrum.labels, **labels}
+    known = {k: all_labels.get(k) for k in KNOWN_LABELS}
+    extra = {k: v for k, v in all_labels.items() if k not in KNOWN_LABELS}
+    mjd = spectrum.obs_time.mjd if spectrum.obs_time is not None else None
+    return {
+        "obs_publisher_did": archive.did(collection, spectrum.identifier),
+        "obs_id": safe_key(spectrum.identifier),
+        "obs_collection": collection,
+        "target_name": spectrum.target_name or None,
+        "s_ra": spectrum.ra,
+        "s_dec": spectrum.dec,
+        "t_min": mjd,
+        "t_max": mjd + spectrum.exptime / 86400 if mjd is not None and spectrum.exptime else mjd,
+        "t_exptime": spectrum.exptime,
+        "em_min": float(wave.min()) * 1e-10,
+        "em_max": float(wave.max()) * 1e-10,
+        "em_res_power": spectrum.resolving_power,
+        "em_xel": int(spectrum.good.sum()),
+        "medium": spectrum.medium,
+        "flux_unit": spectrum.flux_unit or None,
+        "instrument_name": spectrum.instrument or None,
+        "source_path": str(Path(spectrum.source).resolve()),
+        "source_format": spectrum.source_format,
+        "source_index": spectrum.source_index,
+        "source_sha256": sha256,
+        "access_estsize": max(1, file_size // max(1, n_in_file) // 1024),
+        **known,
+        "extra_labels": json.dumps(extra) if extra else None,
+        "ingested_at": utc_now(),
+    }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ingest(
+    archive: Archive,
+    paths: Sequence[str | os.PathLike],
+    labels_file: str | None = None,
+    collection: str = "default",
+    progress: bool = True,
+) -> IngestSummary:
+    """Put spectra into the archive, one transaction per file; broken files are reported and skipped."""
+    collection = safe_key(collection)
+    labels = read_label_table(labels_file) if labels_file else {}
+    files = expand_paths(paths)
+    summary = IngestSummary(files=len(files))
+    bar = tqdm(files, desc="ingest", unit="file", disable=not progress)
+    for path in bar:
+        try:
+            if not path.is_file():
+                raise SpectrumReadError(path, "no such file")
+            spectra = list(iter_spectra(path))
+            if not spectra:
+                raise SpectrumReadError(path, "no spectra in file")
+            sha, size = file_sha256(path), path.stat().st_size
+            rows = [
+                spectrum_row(
+                    archive,
+                    s,
+                    collection,
+                    sha,
+                    size,
+                    len(spectra),
+                    labels.get(s.identifier) or labels.get(path.name) or labels.get(path.stem) or {},
+                )
+                for s in spectra
+            ]
+            added, updated = archive.upsert_spectra(rows)
+        except (SpectrumReadError, ValueError) as exc:
+            summary.failed.append((str(path), str(exc)))
+            log.warning("skipped %s", exc)
+            continue
+        summary.added += added
+        summary.updated += updated
+        bar.set_postfix(added=summary.added, updated=summary.updated, failed=len(summary.failed))
+    return summary
+
+
+# -- reading archive spectra back ----------------------------------------------------------
+
+
+def load_spectra(rows: Sequence) -> Iterator[tuple[int, Spectrum]]:
+    """Yield (position in ``rows``, spectrum) reading each source file once, in file order."""
+    by_file: dict[str, dict[int, int]] = defaultdict(dict)
+    for position, row in enumerate(rows):
+        by_file[row["source_path"]][row["source_index"]] = position
+    for path, wanted in by_file.items():
+        if len(wanted) == 1:
+            ((index, position),) = wanted.items()
+            yield position, read_spectra(path, index=index)[0]
+            continue
+        for spectrum in iter_spectra(path):
+            if spectrum.source_index in wanted:
+                yield wanted[spectrum.source_index], spectrum
+
+
+def fit_grid(archive: Archive, config: dict) -> Grid:
+    """The configured grid, or one fitted to the range most of the archive covers."""
+    section = config["grid"]
+    if section["wave_min"] > 0 and section["wave_max"] > 0:
+        return Grid(section["wave_min"], section["wave_max"], section["n_pixels"])
+    ranges = [(r["em_min"] * 1e10, r["em_max"] * 1e10) for r in archive.spectra(columns="em_min, em_max")]
+    return Grid.fit(ranges, section["n_pixels"], section["coverage_fraction"])
+
+
+# -- train ------------------------------------------------------------------------------
+
+
+def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
+    """Train a new model version on the whole archive; returns its version number."""
+    rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
+    if len(rows) < 2:
+        raise ValueError("the archive needs at least two spectra before training")
+    grid = fit_grid(archive, config)
+    spectra: list[Spectrum | None] = [None] * len(rows)
+    for position, spectrum in tqdm(load_spectra(rows), total=len(rows), desc="read", disable=not progress):
+        spectra[position] = spectrum
+    section = config["model"]
+    data = prepare_augmented(
+        spectra,
+        grid,
+        copies=section["augment_copies"],
+        rv_max=section["augment_rv_max"],
+        snr_range=(section["augment_snr_min"], section["augment_snr_max"]),
+        seed=section["seed"],
+    )
+    train_config = TrainConfig.from_mapping(section)
+    result = train(data.flux, data.good, train_config, groups=data.groups, progress=progress)
+    version = archive.next_model_version()
+    checkpoint = {
+        "grid": grid.to_dict(),
+        "train": train_config.to_dict(),
+        "normalise": config["grid"]["normalise"],
+        "augmentation": {k: section[k] for k in section if k.startswith("augment_")},
+        "training_set_hash": result.training_set_hash,
+        "training_set": {"n_spectra": len(rows), "n_rows": len(data.flux)},
+        "metrics": result.metrics,
+        "history": result.history,
+        "created": utc_now(),
+    }
+    save_checkpoint(archive.model_dir(version), result.model, checkpoint)
+    archive.add_model(version, checkpoint, result.metrics)
+    return version
+
+
+# -- encode -----------------------------------------------------------------------------
+
+
+def encode(
+    archive: Archive, version: int | None = None, batch_size: int = 1024, progress: bool = True
+) -> int:
+    """Posterior means and variances of every archive spectrum, into the DB and .npy matrices."""
+    version = archive.model(version)["model_version"]
+    directory = archive.model_dir(version)
+    latent_model = LatentModel(directory)
+    rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
+    n, dim = len(rows), latent_model.latent_dim
+    recon = np.empty(n, np.float32)
+    with atomic_path(directory / MEAN_FILE) as mean_tmp, atomic_path(directory / VAR_FILE) as var_tmp:
+        mean = np.lib.format.open_memmap(mean_tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        var = np.lib.format.open_memmap(var_tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        for positions, batch in _batches(load_spectra(rows), batch_size, n, progress):
+            encoded = latent_model.encode_spectra(batch)
+            mean[positions], var[positions], recon[positions] = encoded.mean, encoded.var, encoded.recon_error
+        mean.flush()
+        var.flush()
+        del mean, var
+    mean = np.load(directory / MEAN_FILE, mmap_mode="r")
+    var = np.load(directory / VAR_FILE, mmap_mode="r")
+    archive.write_latents(version, [r["obs_publisher_did"] for r in rows], mean, var, recon)
+    archive.update_model(version, stage="encoded")
+    return version
+
+
+def _batches(items: Iterator[tuple[int, Spectrum]], size: int, total: int, progress: bool):
+    bar = tqdm(total=total, desc="encode", unit="spectrum", disable=not progress)
+    positions, batch = [], []
+    for position, spectrum in items:
+        positions.append(position)
+        batch.append(spectrum)
+        if len(batch) == size:
+            yield np.array(positions), batch
+            bar.update(len(batch))
+            positions, batch = [], []
+    if batch:
+        yield np.array(positions), batch
+        bar.update(len(batch))
+    bar.close()
+
+
+# -- analyse ----------------------------------------------------------------------------
+
+
+def analyse(
+    archive: Archive, config: dict, version: int | None = None, max_rows: int = 20_000, progress: bool = True
+) -> dict:
+    """Informative dimensions, label mutual information (model and PCA), anomaly scores."""
+    section = config["analysis"]
+    version = archive.model(version)["model_version"]
+    directory = archive.model_dir(version)
+    latent_model = LatentModel(directory)
+    mean = np.asarray(latent_model.latents)
+    var = np.load(directory / VAR_FILE, mmap_mode="r")
+    dids = archive.latent_dids(version)
+    informative, kl = analysis.informative_dimensions(
+        mean, np.asarray(var), kl_threshold=section["kl_threshold"]
+    )
+    if not informative:
+        informative = [int(np.argmax(kl))]
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(len(dids), size=min(max_rows, len(dids)), replace=False))
+    labels = {k: v[sample] for k, v in archive.label_arrays([dids[i] for i in sample]).items()}
+    rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
+    by_did = {r["obs_publisher_did"]: r for r in rows}
+    sample_rows = [by_did[dids[i]] for i in sample]
+    spectra: list = [None] * len(sample_rows)
+    for position, spectrum in load_spectra(sample_rows):
+        spectra[position] = spectrum
+    flux, good, _ = prepare_many(spectra, latent_model.grid)
+    pca_scores, _ = analysis.pca_baseline(flux, latent_model.latent_dim, mask=~good)
+    mi_args = {"n_neighbors": section["mi_neighbors"], "n_bootstrap": section["mi_subsamples"]}
+    model_mi = analysis.mutual_information(mean[sample], labels, **mi_args)
+    pca_mi = {(r["dim"], r["label"]): r for r in analysis.mutual_information(pca_scores, labels, **mi_args)}
+    correlations = []
+    for row in model_mi:
+        pca = pca_mi.get((row["dim"], row["label"]), {})
+        correlations.append(
+            {
+                "dim": row["dim"],
+                "label": row["label"],
+                "informative": int(row["dim"] in informative),
+                "mi": row["mi"],
+                "mi_error": row["mi_err"],
+                "pearson": row["pearson"],
+                "spearman": row["spearman"],
+                "pca_mi": pca.get("mi"),
+                "pca_mi_error": pca.get("mi_err"),
+                "pca_pearson": pca.get("pearson"),
+                "pca_spearman": pca.get("spearman"),
+                "n_spectra": row["n"],
+            }
+        )
+    recon = np.array(
+        [
+            r["recon_error"]
+            for r in archive.conn.execute(
+                "SELECT recon_error FROM ml_latent WHERE model_version = ? ORDER BY row_index", (version,)
+            )
+        ]
+    )
+    scores = analysis.anomaly_scores(mean[:, informative], recon, n_neighbors=section["lof_neighbors"])
+    archive.write_analysis(version, informative, correlations, scores["lof"], scores["anomaly_score"])
+    summary = {
+        "informative_dims": [int(d) for d in informative],
+        "kl_per_dim": [float(x) for x in kl],
+        "concentration": {label: analysis.concentration(model_mi, label) for label in labels},
+        "pca_concentration": {
+            label: analysis.concentration(list(pca_mi.values()), label) for label in labels
+        },
+    }
+    write_json_atomic(directory / ANALYSIS_FILE, summary)
+    return summary
+
+
+# -- index ------------------------------------------------------------------------------
+
+
+def build_index(archive: Archive, config: dict, version: int | None = None, progress: bool = True) -> dict:
+    """Annoy index over the informative dimensions, tuned to the recall target, then swapped in."""
+    section = config["index"]
+    version = archive.model(version)["model_version"]
+    directory = archive.model_dir(version)
+    latent_model = LatentModel(directory)
+    index = LatentIndex.build(
+        np.asarray(latent_model.latents),
+        latent_model.informative_dims,
+        directory / INDEX_FILE,
+        k=section["k"],
+        target_recall=section["target_recall"],
+        n_queries=section["recall_queries"],
+        progress=progress,
+    )
+    meta = index.meta
+    archive.update_model(
+        version,
+        index_n_trees=meta.n_trees,
+        index_search_k=meta.search_k,
+        index_recall_at_10=meta.recall_at_k,
+        stage="indexed",
+    )
+    archive.make_current(version)
+    return {
+        "version": version,
+        "n_trees": meta.n_trees,
+        "search_k": meta.search_k,
+        "recall_at_k": meta.recall_at_k,
+    }

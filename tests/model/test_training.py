@@ -1,0 +1,135 @@
+"""The β-VAE trains, is deterministic on CPU, and its checkpoints are written atomically."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.api import LatentModel
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.preprocess import Grid
+from model.training import TrainConfig, split_by_group, train
+from model.vae import SpectrumVAE, VAEConfig
+
+GRID = Grid(4000.0, 6000.0, 256)
+
+
+def toy_data(n=96, seed=0):
+    """Spectra with one absorption line whose position and depth are the two hidden factors."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, GRID.n_pixels)
+    centre, depth = rng.uniform(0.2, 0.8, n), rng.uniform(0.1, 0.6, n)
+    flux = 1 - depth[:, None] * np.exp(-0.5 * ((x - centre[:, None]) / 0.03) ** 2)
+    flux += rng.normal(0, 0.01, flux.shape)
+    good = np.ones_like(flux, bool)
+    good[:, :10] = False
+    return flux.astype(np.float32), good, {"centre": centre, "depth": depth}
+
+
+def small_config(**kw):
+    base = dict(latent_dim=4, epochs=40, kl_warmup_epochs=3, batch_size=16, channels=[8, 16],
+                patience=50, learning_rate=3e-3, seed=7)  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained():
+    flux, good, labels = toy_data()
+    return train(flux, good, small_config(), progress=False), flux, good
+
+
+def test_training_lowers_the_loss(trained):
+    result, _, _ = trained
+    history = result.history
+    assert history[-1]["val_recon"] < 0.5 * history[0]["val_recon"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert result.metrics["val_rmse"] < 0.1
+
+
+def test_training_is_deterministic_on_cpu(trained):
+    result, flux, good = trained
+    again = train(flux, good, small_config(), progress=False)
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+    assert again.training_set_hash == result.training_set_hash
+
+
+def test_different_seed_gives_different_model(trained):
+    result, flux, good = trained
+    other = train(flux, good, small_config(seed=8, epochs=2), progress=False)
+    w = "to_mean.weight"
+    assert not torch.equal(result.model.state_dict()[w], other.model.state_dict()[w])
+
+
+def test_validation_split_keeps_groups_together():
+    groups = np.repeat(np.arange(20), 5)
+    train_rows, val_rows = split_by_group(100, groups, 0.2, seed=1)
+    assert set(groups[train_rows]).isdisjoint(groups[val_rows])
+    assert len(val_rows) == 20 and len(train_rows) == 80
+
+
+def test_masked_pixels_do_not_affect_the_loss():
+    from model.vae import masked_gaussian_nll
+
+    x = torch.ones(2, 10)
+    good = torch.ones(2, 10, dtype=torch.bool)
+    good[:, 5:] = False
+    recon = torch.ones(2, 10)
+    recon[:, 5:] = 100.0
+    assert masked_gaussian_nll(recon, x, good, 0.1).abs().max() == 0
+
+
+def write_version(directory, model):
+    config = {"grid": GRID.to_dict(), "train": small_config().to_dict(), "training_set_hash": "x"}
+    return save_checkpoint(directory, model, config)
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path, trained):
+    result, flux, good = trained
+    write_version(tmp_path / "v0001", result.model)
+    model, config = load_checkpoint(tmp_path / "v0001")
+    assert config["grid"] == GRID.to_dict() and config["vae"]["latent_dim"] == 4
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name])
+    latent = LatentModel(tmp_path / "v0001")
+    encoded = latent.encode_arrays(flux[:5], good[:5])
+    assert encoded.mean.shape == (5, 4) and (encoded.var > 0).all()
+    assert latent.reconstruct(encoded.mean).shape == (5, GRID.n_pixels)
+
+
+def test_interrupted_checkpoint_write_leaves_previous_version(tmp_path, trained, monkeypatch):
+    result, _, _ = trained
+    write_version(tmp_path / "v0001", result.model)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(OSError):
+        write_version(tmp_path / "v0002", result.model)
+    assert not (tmp_path / "v0002").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["v0001"]
+    load_checkpoint(tmp_path / "v0001")
+    with pytest.raises(FileExistsError):
+        write_version(tmp_path / "v0001", result.model)
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path, trained):
+    result, _, _ = trained
+    directory = write_version(tmp_path / "v0001", result.model)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, directory / "model.pt")
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        load_checkpoint(directory)
+    assert json.loads((directory / "config.json").read_text())["vae"]["n_pixels"] == GRID.n_pixels
+
+
+def test_vae_handles_grids_not_a_power_of_two():
+    model = SpectrumVAE(VAEConfig(n_pixels=1000, latent_dim=3, channels=[4, 8, 8]))
+    recon, mean, logvar = model(torch.ones(2, 1000), torch.ones(2, 1000, dtype=torch.bool))
+    assert recon.shape == (2, 1000) and mean.shape == (2, 3)

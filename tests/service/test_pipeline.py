@@ -1,0 +1,172 @@
+"""The whole pipeline on a real (small) archive: ingest → train → encode → analyse → index."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from model.api import LatentModel
+from model.similarity import exact_search
+from service import pipeline
+from service.archive import Archive
+from service.cli import main
+from service.config import load_config
+
+
+def small_config(root):
+    return load_config(
+        environ={},
+        overrides={
+            "archive": {"root": str(root), "default_collection": "miles"},
+            "grid": {"n_pixels": 256},
+            "model": {
+                "latent_dim": 6,
+                "epochs": 15,
+                "kl_warmup_epochs": 3,
+                "channels": [8, 16, 16],
+                "batch_size": 32,
+                "augment_copies": 1,
+            },
+            "analysis": {"mi_subsamples": 3},
+            "index": {"recall_queries": 100},
+        },
+    )
+
+
+def dump(archive: Archive) -> list:
+    return [tuple(r) for r in archive.conn.execute("SELECT * FROM spectrum ORDER BY row_id")]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, demo_dir):
+    root = tmp_path_factory.mktemp("archive")
+    config = small_config(root)
+    archive = Archive.from_config(config)
+    summary = pipeline.ingest(archive, [demo_dir / "miles_demo.fits"], collection="miles", progress=False)
+    version = pipeline.train_model(archive, config, progress=False)
+    pipeline.encode(archive, version, progress=False)
+    analysis = pipeline.analyse(archive, config, version, progress=False)
+    index = pipeline.build_index(archive, config, version, progress=False)
+    return archive, config, summary, version, analysis, index
+
+
+def test_ingest_puts_every_spectrum_with_labels_in_the_archive(built):
+    archive, _, summary, *_ = built
+    assert (summary.added, summary.updated, summary.failed) == (200, 0, [])
+    row = archive.conn.execute("SELECT * FROM ivoa_obscore WHERE obs_id = 'm0005'").fetchone()
+    assert row["obs_publisher_did"] == "ivo://latentvo.example/~?miles/m0005"
+    assert row["dataproduct_type"] == "spectrum"
+    assert row["access_url"].endswith("/datalink/links?ID=ivo://latentvo.example/~?miles/m0005")
+    assert 3.54e-7 < row["em_min"] < 3.56e-7 and 7.40e-7 < row["em_max"] < 7.42e-7  # vacuum metres
+    labels = archive.conn.execute("SELECT teff, logg, feh FROM spectrum WHERE obs_id = 'm0005'").fetchone()
+    assert all(v is not None for v in labels)
+
+
+def test_reingest_updates_instead_of_duplicating(built, demo_dir):
+    archive, *_ = built
+    before = archive.count()
+    summary = pipeline.ingest(archive, [demo_dir / "miles_demo.fits"], collection="miles", progress=False)
+    assert (summary.added, summary.updated) == (0, 200)
+    assert archive.count() == before
+
+
+def test_broken_file_is_reported_skipped_and_leaves_archive_unchanged(built, demo_dir, tmp_path):
+    archive, *_ = built
+    broken = tmp_path / "broken.fits"
+    broken.write_bytes((demo_dir / "miles_demo.fits").read_bytes()[:100_000])
+    garbage = tmp_path / "notes.csv"
+    garbage.write_text("a,b\n1,2\n")
+    before = dump(archive)
+    summary = pipeline.ingest(archive, [broken, garbage, tmp_path / "missing.fits"], progress=False)
+    assert summary.files == 3 and len(summary.failed) == 3
+    assert all(name in reason for (name, reason) in ((str(p), r) for p, r in summary.failed))
+    assert dump(archive) == before
+
+
+def test_labels_file_adds_labels_by_identifier(tmp_path, demo_dir):
+    archive = Archive(tmp_path / "a")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("miles_id,rv,snr,colour\nm0005,12.5,80,0.3\n")
+    pipeline.ingest(archive, [demo_dir / "miles_demo.fits"], labels_file=str(labels), progress=False)
+    row = archive.conn.execute("SELECT rv, snr, extra_labels FROM spectrum WHERE obs_id = 'm0005'").fetchone()
+    assert (row["rv"], row["snr"]) == (12.5, 80.0) and '"colour": 0.3' in row["extra_labels"]
+
+
+def test_model_version_row_and_checkpoint(built):
+    archive, _, _, version, *_ = built
+    row = archive.model(version)
+    assert row["stage"] == "indexed" and row["is_current"] == 1
+    assert row["latent_dim"] == 6 and row["n_train"] > 0 and len(row["training_set_hash"]) == 64
+    assert (archive.model_dir(version) / "model.pt").exists()
+
+
+def test_encode_fills_latent_table_and_matrix(built):
+    archive, _, _, version, *_ = built
+    model = LatentModel(archive.model_dir(version))
+    assert model.latents.shape == (200, 6) and model.latents.dtype == np.float32
+    did = "ivo://latentvo.example/~?miles/m0005"
+    row = archive.row_of(version, did)
+    db = archive.conn.execute(
+        "SELECT z0, z5, z0_var, recon_error, anomaly_score FROM ml_latent WHERE obs_publisher_did = ?", (did,)
+    ).fetchone()
+    assert db["z0"] == pytest.approx(float(model.latents[row, 0]), rel=1e-6)
+    assert db["z0_var"] > 0 and db["recon_error"] > 0 and db["anomaly_score"] is not None
+
+
+def test_analysis_stores_mi_for_model_and_pca(built):
+    archive, _, _, version, analysis, _ = built
+    rows = archive.conn.execute(
+        "SELECT * FROM ml_label_correlation WHERE model_version = ? AND label = 'teff'", (version,)
+    ).fetchall()
+    assert len(rows) == 6
+    assert max(r["mi"] for r in rows) > 0.3 and all(r["pca_mi"] is not None for r in rows)
+    assert analysis["informative_dims"] and "teff" in analysis["concentration"]
+    informative = archive.model(version)["informative_dims"].split()
+    assert [int(d) for d in informative] == analysis["informative_dims"]
+
+
+def test_index_recall_equals_stored_figure_and_self_is_first_neighbour(built):
+    archive, _, _, version, _, index = built
+    model = LatentModel(archive.model_dir(version))
+    stored = archive.model(version)["index_recall_at_10"]
+    assert stored >= 0.99 and stored == index["recall_at_k"]
+    assert model.index.measure_recall(k=10, n_queries=100) == stored
+    for row in range(0, 200, 17):
+        rows, distances = model.neighbours(row=row, k=5)
+        assert rows[0] == row and distances[0] == 0
+        exact_rows, _ = exact_search(model.latents, model.latents[row], 5, dims=model.informative_dims)
+        assert exact_rows[0] == row
+
+
+def test_interrupted_index_build_keeps_previous_in_service(built, monkeypatch):
+    archive, config, _, version, *_ = built
+    from model import similarity
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(similarity.LatentIndex, "build", boom)
+    with pytest.raises(RuntimeError):
+        pipeline.build_index(archive, config, version, progress=False)
+    assert archive.current_model()["model_version"] == version
+    assert LatentModel(archive.model_dir(version)).neighbours(row=3, k=3)[0][0] == 3
+
+
+def test_cli_runs_each_stage(tmp_path, demo_dir, monkeypatch, capsys):
+    root = tmp_path / "cli"
+    monkeypatch.setenv("LATENTVO_ARCHIVE_ROOT", str(root))
+    monkeypatch.setenv("LATENTVO_GRID_N_PIXELS", "128")
+    monkeypatch.setenv("LATENTVO_MODEL_EPOCHS", "3")
+    monkeypatch.setenv("LATENTVO_MODEL_LATENT_DIM", "4")
+    monkeypatch.setenv("LATENTVO_MODEL_CHANNELS", "[4, 8]")
+    monkeypatch.setenv("LATENTVO_ANALYSIS_MI_SUBSAMPLES", "2")
+    subset = tmp_path / "subset.fits"
+    shutil.copy(demo_dir / "miles_demo.fits", subset)
+    assert main(["--quiet", "ingest", str(subset), "--collection", "miles"]) == 0
+    for verb in ("train", "encode", "analyse", "index"):
+        assert main(["--quiet", verb]) == 0, verb
+    out = capsys.readouterr().out
+    assert "200 spectra added" in out and "recall@10=" in out and "informative dimensions" in out
+    assert main(["--quiet", "encode", "--model-version", "99"]) == 2
