@@ -92,13 +92,7 @@ def read_label_table(path: str | os.PathLike) -> dict[str, dict[str, float]]:
 
 
 def spectrum_row(
-    archive: Archive,
-    spectrum: Spectrum,
-    collection: str,
-    sha256: str,
-    file_size: int,
-    n_in_file: int,
-    labels: dict[str, float],
+    archive: Archive, spectrum: Spectrum, collection: str, sha256: str, labels: dict[str, float]
 ) -> dict:
     """The archive row of one spectrum (ObsCore-style units: metres, MJD, seconds)."""
     wave = spectrum.vacuum_wavelength()[spectrum.good]
@@ -127,7 +121,6 @@ def spectrum_row(
         "source_format": spectrum.source_format,
         "source_index": spectrum.source_index,
         "source_sha256": sha256,
-        "access_estsize": max(1, file_size // max(1, n_in_file) // 1024),
         **known,
         "extra_labels": json.dumps(extra) if extra else None,
         "ingested_at": utc_now(),
@@ -154,27 +147,21 @@ def ingest(
     labels = read_label_table(labels_file) if labels_file else {}
     files = expand_paths(paths)
     summary = IngestSummary(files=len(files))
-    bar = tqdm(files, desc="ingest", unit="file", disable=not progress)
-    for path in bar:
+    bar = tqdm(desc="ingest", unit="spectrum", disable=not progress)
+    for number, path in enumerate(files, 1):
         try:
             if not path.is_file():
                 raise SpectrumReadError(path, "no such file")
-            spectra = list(iter_spectra(path))
-            if not spectra:
-                raise SpectrumReadError(path, "no spectra in file")
             sha, size = file_sha256(path), path.stat().st_size
-            rows = [
-                spectrum_row(
-                    archive,
-                    s,
-                    collection,
-                    sha,
-                    size,
-                    len(spectra),
-                    labels.get(s.identifier) or labels.get(path.name) or labels.get(path.stem) or {},
-                )
-                for s in spectra
-            ]
+            rows = []
+            for spectrum in iter_spectra(path):
+                extra = labels.get(spectrum.identifier) or labels.get(path.name) or labels.get(path.stem)
+                rows.append(spectrum_row(archive, spectrum, collection, sha, extra or {}))
+                bar.update()
+            if not rows:
+                raise SpectrumReadError(path, "no spectra in file")
+            for row in rows:
+                row["access_estsize"] = max(1, size // len(rows) // 1024)
             added, updated = archive.upsert_spectra(rows)
         except (SpectrumReadError, ValueError) as exc:
             summary.failed.append((str(path), str(exc)))
@@ -182,7 +169,8 @@ def ingest(
             continue
         summary.added += added
         summary.updated += updated
-        bar.set_postfix(added=summary.added, updated=summary.updated, failed=len(summary.failed))
+        bar.set_postfix(files=f"{number}/{len(files)}", failed=len(summary.failed))
+    bar.close()
     return summary
 
 
@@ -221,11 +209,15 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     if len(rows) < 2:
         raise ValueError("the archive needs at least two spectra before training")
+    section = config["model"]
+    limit = section["max_train_spectra"]
+    if 0 < limit < len(rows):
+        chosen = np.random.default_rng(section["seed"]).choice(len(rows), size=limit, replace=False)
+        rows = [rows[i] for i in np.sort(chosen)]
     grid = fit_grid(archive, config)
     spectra: list[Spectrum | None] = [None] * len(rows)
     for position, spectrum in tqdm(load_spectra(rows), total=len(rows), desc="read", disable=not progress):
         spectra[position] = spectrum
-    section = config["model"]
     data = prepare_augmented(
         spectra,
         grid,
@@ -301,9 +293,7 @@ def _batches(items: Iterator[tuple[int, Spectrum]], size: int, total: int, progr
 # -- analyse ----------------------------------------------------------------------------
 
 
-def analyse(
-    archive: Archive, config: dict, version: int | None = None, max_rows: int = 20_000, progress: bool = True
-) -> dict:
+def analyse(archive: Archive, config: dict, version: int | None = None, progress: bool = True) -> dict:
     """Informative dimensions, label mutual information (model and PCA), anomaly scores."""
     section = config["analysis"]
     version = archive.model(version)["model_version"]
@@ -318,7 +308,7 @@ def analyse(
     if not informative:
         informative = [int(np.argmax(kl))]
     rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(len(dids), size=min(max_rows, len(dids)), replace=False))
+    sample = np.sort(rng.choice(len(dids), size=min(section["max_rows"], len(dids)), replace=False))
     labels = {k: v[sample] for k, v in archive.label_arrays([dids[i] for i in sample]).items()}
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     by_did = {r["obs_publisher_did"]: r for r in rows}
