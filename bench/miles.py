@@ -167,17 +167,16 @@ def main() -> None:
 
     flux, good, _ = prepare_many(spectra, model.grid)
     pca, _ = analysis.pca_baseline(flux, args.latent_dim, mask=~good)
-    nuisance = {
-        summary_analysis["concentration"][name]["dim"]
-        for name in ("rv", "snr")
-        if name in summary_analysis["concentration"]
-    }
-    physical = [d for d in informative if d not in nuisance] or informative
+    similarity = model.similarity_dims
+    posterior_sd = np.sqrt(np.mean(np.load(archive.model_dir(version) / "latent_var.npy"), axis=0))
     votes = {
-        "latent (informative dims)": vote_errors(latents[:, informative], labels, groups),
-        "latent (informative, without the RV and S/N dims)": vote_errors(
-            latents[:, physical], labels, groups
+        "latent (similarity dims: informative, without the velocity z0)": vote_errors(
+            latents[:, similarity], labels, groups
         ),
+        "latent (similarity dims scaled by posterior width)": vote_errors(
+            latents[:, similarity] / posterior_sd[similarity], labels, groups
+        ),
+        "latent (all informative dims)": vote_errors(latents[:, informative], labels, groups),
         f"PCA ({args.latent_dim} components)": vote_errors(pca, labels, groups),
         "raw flux": vote_errors(flux, labels, groups),
     }
@@ -208,7 +207,7 @@ def main() -> None:
         "recon_rmse_median": float(np.median(recon)),
         "val_rmse": model_row["recon_rmse"],
         "informative_dims": informative,
-        "nuisance_dims": sorted(nuisance),
+        "similarity_dims": similarity,
         "recall_at_10": model_row["index_recall_at_10"],
         "concentration": summary_analysis["concentration"],
         "pca_concentration": summary_analysis["pca_concentration"],
@@ -230,7 +229,7 @@ def markdown(r: dict) -> str:
         f"latent {r['latent_dim']}, β={r['kl_weight']}, {r['epochs_run']} epochs; timings {r['timings_s']}",
         f"reconstruction RMSE (median, normalised flux): {r['recon_rmse_median']:.4f}; "
         f"validation RMSE {r['val_rmse']:.4f}; recall@10 {r['recall_at_10']:.4f}",
-        f"informative dimensions: {r['informative_dims']} (RV/S/N dims: {r['nuisance_dims']})",
+        f"informative dimensions: {r['informative_dims']}; similarity dimensions: {r['similarity_dims']}",
         "",
         "| label | best latent dim | MI (nats) | share of label's MI | best PCA comp. | PCA MI |",
         "|---|---|---|---|---|---|",

@@ -56,11 +56,28 @@ class LatentModel:
         return self._latents
 
     @property
-    def informative_dims(self) -> list[int]:
+    def velocity_dim(self) -> int | None:
+        """The latent dimension that holds the radial velocity (z0 × velocity_scale_kms), if any."""
+        return 0 if self.vae.config.velocity_dim else None
+
+    def _analysis(self) -> dict:
         path = self.directory / ANALYSIS_FILE
-        if path.exists():
-            return list(json.loads(path.read_text())["informative_dims"])
-        return list(range(self.latent_dim))
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    @property
+    def informative_dims(self) -> list[int]:
+        """Dimensions whose posterior differs from the prior (all of them before `analyse`)."""
+        return list(self._analysis().get("informative_dims", range(self.latent_dim)))
+
+    @property
+    def similarity_dims(self) -> list[int]:
+        """What "similar" means by default: the informative dimensions except the velocity.
+
+        Two spectra of the same kind of star are similar whatever their radial velocities;
+        a caller who wants velocity to count passes it in ``dims``.
+        """
+        shape = [d for d in self.informative_dims if d != self.velocity_dim]
+        return shape or self.informative_dims
 
     @property
     def index(self) -> LatentIndex:
@@ -111,7 +128,7 @@ class LatentModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest archive rows of an archive row or of a latent vector.
 
-        With no ``dims`` and no ``weights`` the Annoy index (over the informative dimensions)
+        With no ``dims`` and no ``weights`` the Annoy index (over :attr:`similarity_dims`)
         answers; otherwise exact search over the chosen dimensions does.
         """
         if (row is None) == (vector is None):

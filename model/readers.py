@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,10 @@ _FITS_MAGIC = b"SIMPLE  ="
 _BLOCK = 2880  # FITS record length
 #: A 2-D image is taken as a spectrum (first row = flux) only when it is a short stack of rows.
 _MAX_IMAGE_ROWS = 8
+#: A table of one spectrum per row is read this many rows at a time at most, and in blocks of at most
+#: ``CHUNK_BYTES`` (wide rows make shorter blocks): memory stays at one block however long the table.
+CHUNK_ROWS = 1024
+CHUNK_BYTES = 8 * 2**20
 
 # Column / keyword spellings, compared after _norm() (lower case, letters and digits only), best first.
 _WAVE_NAMES = ("wavelength", "wave", "lambda", "wl", "lam", "wavelen", "awav", "vwav")
@@ -149,11 +153,30 @@ _UTYPE_POSITIONS = ("target.pos", "char.spatialaxis.coverage.location.value")
 _HDU = fits.hdu.base._BaseHDU
 
 
+class _SharedGrid:
+    """A wavelength grid every row of a table shares (a WAVELENGTH HDU, a header WCS).
+
+    Checked and sorted once, then handed to every spectrum as the same read-only array: no copy per
+    row, and no consumer can change the grid under the others.
+    """
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = np.asarray(values)
+        self._checked: tuple[np.ndarray, bool] | None = None
+
+    def checked(self, path: PathArg) -> tuple[np.ndarray, bool]:
+        if self._checked is None:
+            wave, descending = _checked_wave(path, self.values.squeeze())
+            wave.setflags(write=False)
+            self._checked = wave, descending
+        return self._checked
+
+
 @dataclass
 class _Arrays:
     """The per-pixel arrays of one spectrum as found in the file (wavelength already in Å)."""
 
-    wave: np.ndarray
+    wave: np.ndarray | _SharedGrid
     flux: np.ndarray
     ivar: np.ndarray | None = None
     mask: np.ndarray | None = None
@@ -183,18 +206,7 @@ def read_spectra(path: PathArg, index: int | None = None) -> list[Spectrum]:
     for a single-spectrum file. Raises :class:`SpectrumReadError` for anything that is not a
     readable spectrum.
     """
-    position = None if index is None else operator.index(index)
-    file = _existing_file(path)
-    with _named_errors(path):
-        kind = _sniff(path, file)
-        if kind == "votable":
-            spectra = _select(path, _read_votable(path, file), position)
-        elif kind == "text":
-            spectra = _select(path, _read_text(path, file), position)
-        else:
-            with _open_fits(path, file, kind) as hdul:
-                fmt, number = _classify_fits(path, hdul)
-                spectra = _FITS_READERS[fmt](path, hdul, number, position)
+    spectra = list(_spectra(path, None if index is None else operator.index(index)))
     if not spectra:
         raise SpectrumReadError(path, "the file holds no spectra")
     return spectra
@@ -218,8 +230,19 @@ def detect_format(path: PathArg) -> str:
 
 
 def iter_spectra(path: PathArg) -> Iterator[Spectrum]:
-    """Every spectrum of a file in file order, for callers that consume them one by one."""
-    yield from read_spectra(path)
+    """Every spectrum of a file in file order, the same as :func:`read_spectra`, one at a time.
+
+    Lazy where it matters: a table of one spectrum per row is read a block of rows at a time
+    (:data:`CHUNK_ROWS`, :data:`CHUNK_BYTES`) from a file held open until the iterator is exhausted or
+    closed, so memory stays flat however many rows it has. Spectra on a grid the table shares share
+    one read-only wavelength array.
+    """
+    count = 0
+    for spectrum in _spectra(path, None):
+        count += 1
+        yield spectrum
+    if not count:
+        raise SpectrumReadError(path, "the file holds no spectra")
 
 
 def label_key(name: str) -> str:
@@ -235,6 +258,19 @@ def label_key(name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # file access and format recognition
+
+
+def _spectra(path: PathArg, index: int | None) -> Iterator[Spectrum]:
+    """The spectra of a file (or the one at ``index``) as the readers produce them; errors name the file."""
+    file = _existing_file(path)
+    with _named_errors(path):
+        kind = _sniff(path, file)
+        if kind in ("votable", "text"):
+            yield from _select(path, (_read_votable if kind == "votable" else _read_text)(path, file), index)
+            return
+        with _open_fits(path, file, kind) as hdul:
+            fmt, number = _classify_fits(path, hdul)
+            yield from _FITS_READERS[fmt](path, hdul, number, index)
 
 
 def _existing_file(path: PathArg) -> Path:
@@ -440,20 +476,17 @@ def _read_fits_tables(
     *,
     fmt: str,
     identify: Callable[[_Part, PathArg], str],
-) -> list[Spectrum]:
+) -> Iterator[Spectrum]:
     """fits-table, fits-multi and lamost-table share the table walk and differ only in the identifier."""
-    return [
-        _spectrum(path, fmt, part, identifier=identify(part, path))
-        for part in _table_parts(path, hdul, number, index)
-    ]
+    for part in _table_parts(path, hdul, number, index):
+        yield _spectrum(path, fmt, part, identifier=identify(part, path))
 
 
-def _read_sdss(path: PathArg, hdul: fits.HDUList, number: int, index: int | None) -> list[Spectrum]:
+def _read_sdss(path: PathArg, hdul: fits.HDUList, number: int, index: int | None) -> Iterator[Spectrum]:
     """SDSS spec-PLATE-MJD-FIBER: COADD table (loglam, flux, ivar, and_mask, wdisp) + SPALL/SPECOBJ row."""
-    spectra = []
     for part in _table_parts(path, hdul, number, index):
         part.meta = {"bunit": SDSS_FLUX_UNIT} | part.meta | _sdss_object_row(hdul)
-        spectra.append(
+        yield (
             _spectrum(
                 path,
                 "sdss",
@@ -466,11 +499,13 @@ def _read_sdss(path: PathArg, hdul: fits.HDUList, number: int, index: int | None
                 resolving_power=_sdss_resolving_power(part.columns),
             )
         )
-    return spectra
 
 
-def _table_parts(path: PathArg, hdul: fits.HDUList, number: int, index: int | None) -> list[_Part]:
-    """Spectra of a binary table: one row per pixel (one spectrum) or array cells (one per row)."""
+def _table_parts(path: PathArg, hdul: fits.HDUList, number: int, index: int | None) -> Iterator[_Part]:
+    """Spectra of a binary table: one row per pixel (one spectrum) or array cells (one per row).
+
+    Rows of array cells are read a block at a time, so a walk over the whole table holds one block.
+    """
     hdu = hdul[number]
     names = hdu.columns.names
     units = {col.name: col.unit or "" for col in hdu.columns}
@@ -479,46 +514,64 @@ def _table_parts(path: PathArg, hdul: fits.HDUList, number: int, index: int | No
     if width <= 1:
         _positions(path, index, 1)
         columns = {name: np.asarray(hdu.data.field(name)) for name in names}
-        return [_Part(0, _arrays_from_columns(path, columns, units), header_meta, {}, units, columns)]
+        yield _Part(0, _arrays_from_columns(path, columns, units), header_meta, {}, units, columns)
+        return
     wave = _pick(names, _WAVE_NAMES + _LOGWAVE_NAMES)
     grid = None if wave and _repeat(hdu, wave) == width else _shared_grid(path, hdul, number, width)
+    shared = None if grid is None else _SharedGrid(grid)
     positions = _positions(path, index, hdu.header["NAXIS2"])
-    first = positions[0] if index is not None else 0
-    rows = hdu.data if index is None else _one_row(path, hdul, number, first)
-    whole = {name: rows.field(name) for name in names}
-    parts = []
-    for position in positions:
-        columns, row = {}, {}
-        for name, values in whole.items():
-            value = values[position - first]
-            if np.ndim(value) >= 1:
-                columns[name] = np.asarray(value)
-            else:
-                row[name.lower()] = _scalar(value)
-        arrays = _arrays_from_columns(path, columns, units, wave=grid)
-        parts.append(_Part(position, arrays, header_meta | row, row, units, columns))
-    return parts
+    for first, rows in _row_blocks(path, hdul, number, positions):
+        fields = {name: rows.field(name) for name in names}
+        for offset in range(len(rows)):
+            columns, row = {}, {}
+            for name, values in fields.items():
+                value = values[offset]
+                if np.ndim(value) >= 1:
+                    columns[name] = np.asarray(value)
+                else:
+                    row[name.lower()] = _scalar(value)
+            arrays = _arrays_from_columns(path, columns, units, wave=shared)
+            yield _Part(first + offset, arrays, header_meta | row, row, units, columns)
 
 
-def _one_row(path: PathArg, hdul: fits.HDUList, number: int, position: int) -> fits.FITS_rec:
-    """One row of a binary table, read from that row's bytes alone.
+def _row_blocks(
+    path: PathArg, hdul: fits.HDUList, number: int, positions: range | list[int]
+) -> Iterator[tuple[int, fits.FITS_rec]]:
+    """The table rows at ``positions`` (consecutive) in blocks, each with the position of its first row.
 
     astropy's ``hdu.data`` converts logical (L) columns on first access and so reads every row of a
-    memory-mapped table; building a one-row HDU from the row's bytes keeps one index of a 1 GB table
-    cheap. Compressed files and tables with a heap (variable-length arrays) take the slow, plain way.
+    memory-mapped table; an HDU built from a block's bytes alone keeps one index of a 1 GB table cheap
+    and a walk over all of it within one block of memory. Compressed files and tables with a heap
+    (variable-length arrays) take the slow, plain way: slices of astropy's whole table.
     """
+    if not positions:
+        return
     hdu = hdul[number]
+    width = hdu.header["NAXIS1"]
+    step = max(1, min(CHUNK_ROWS, CHUNK_BYTES // max(width, 1)))
+    end = positions[-1] + 1
+    starts = range(positions[0], end, step)
     with open(path, "rb") as stream:
-        plain = stream.read(len(_FITS_MAGIC)) == _FITS_MAGIC
-        if not plain or hdu.header.get("PCOUNT", 0):
-            return hdu.data[position : position + 1]
-        width = hdu.header["NAXIS1"]
-        stream.seek(hdul.fileinfo(number)["datLoc"] + position * width)
-        raw = stream.read(width)
-    header = hdu.header.copy()
-    header["NAXIS2"] = 1
-    padding = b"\0" * (-len(raw) % _BLOCK)
-    return fits.BinTableHDU.fromstring(header.tostring().encode("ascii") + raw + padding, uint=True).data
+        if stream.read(len(_FITS_MAGIC)) != _FITS_MAGIC or hdu.header.get("PCOUNT", 0):
+            for start in starts:
+                yield start, hdu.data[start : min(start + step, end)]
+            return
+        offset = hdul.fileinfo(number)["datLoc"]
+        heads: dict[int, bytes] = {}  # the block header for each block length (at most two of them)
+        for start in starts:
+            count = min(step, end - start)
+            if count not in heads:
+                header = hdu.header.copy()
+                header["NAXIS2"] = count
+                heads[count] = header.tostring().encode("ascii")
+            head, size = heads[count], count * width
+            stream.seek(offset + start * width)
+            raw = stream.read(size)
+            if len(raw) != size:
+                raise SpectrumReadError(path, f"truncated FITS file (rows from {start} on are cut off)")
+            block = b"".join((head, raw, bytes(-size % _BLOCK)))  # astropy parses headers from bytes only
+            del raw
+            yield start, fits.BinTableHDU.fromstring(block, uint=True).data
 
 
 def _shared_grid(path: PathArg, hdul: fits.HDUList, number: int, width: int) -> np.ndarray | None:
@@ -652,7 +705,7 @@ def _row_id(part: _Part, path: PathArg) -> str:
     return _text(part.row, _ID_KEYS) or f"{Path(path).stem}-{part.position}"
 
 
-_FitsReader = Callable[[PathArg, fits.HDUList, int, int | None], list[Spectrum]]
+_FitsReader = Callable[[PathArg, fits.HDUList, int, int | None], Iterable[Spectrum]]
 _FITS_READERS: dict[str, _FitsReader] = {
     "fits-image": _read_fits_image,
     "fits-table": partial(_read_fits_tables, fmt="fits-table", identify=_stem_id),
@@ -842,6 +895,12 @@ def _split_unit(name: str) -> tuple[str, str]:
 
 def _pick(names: Iterable[str], candidates: tuple[str, ...]) -> str | None:
     """The name that best matches a candidate, ignoring case, punctuation and a unit suffix."""
+    return _pick_among(tuple(names), candidates)
+
+
+@lru_cache(maxsize=1024)
+def _pick_among(names: tuple[str, ...], candidates: tuple[str, ...]) -> str | None:
+    """:func:`_pick`, cached: every row of a table asks the same question of the same columns."""
     by_norm: dict[str, str] = {}
     for name in names:
         by_norm.setdefault(_norm(_split_unit(name)[0]), name)
@@ -882,7 +941,7 @@ def _arrays_from_columns(
     units: Mapping[str, str],
     *,
     roles: Mapping[str, str] | None = None,
-    wave: np.ndarray | None = None,
+    wave: np.ndarray | _SharedGrid | None = None,
 ) -> _Arrays:
     """Wavelength, flux, inverse variance and mask out of named columns, whatever the naming convention."""
     roles = roles or {}
@@ -948,22 +1007,28 @@ def _spectrum(path: PathArg, fmt: str, part: _Part, **fields: Any) -> Spectrum:
 def _validated(
     path: PathArg, arrays: _Arrays
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Check the arrays form one spectrum, sort it by wavelength, and mask the pixels without flux."""
-    named = {"wavelength": arrays.wave, "flux": arrays.flux, "ivar": arrays.ivar, "mask": arrays.mask}
-    named = {key: np.array(value).squeeze() for key, value in named.items() if value is not None}
+    """Check the arrays form one spectrum, sort it by wavelength, and mask the pixels without flux.
+
+    The arrays returned are new (never views of the file's data), except a shared grid's wavelength,
+    which is the grid's one read-only array.
+    """
+    grid = arrays.wave
+    named = {
+        "wavelength": grid.values if isinstance(grid, _SharedGrid) else grid,
+        "flux": arrays.flux,
+        "ivar": arrays.ivar,
+        "mask": arrays.mask,
+    }
+    named = {key: np.asarray(value).squeeze() for key, value in named.items() if value is not None}
     shapes = {key: value.shape for key, value in named.items()}
     if any(len(shape) != 1 for shape in shapes.values()) or len(set(shapes.values())) != 1:
         raise SpectrumReadError(path, f"arrays do not form one spectrum (shapes {shapes})")
-    if named["wavelength"].size < 2:
-        raise SpectrumReadError(path, f"only {named['wavelength'].size} pixel(s)")
-    if not np.isfinite(named["wavelength"]).all():
-        raise SpectrumReadError(path, "wavelength has non-finite values")
-    step = np.diff(named["wavelength"])
-    if (step < 0).all():  # descending, as frequency axes and some pipelines give it
+    if isinstance(grid, _SharedGrid):
+        wave, descending = grid.checked(path)
+    else:
+        wave, descending = _checked_wave(path, named["wavelength"])
+    if descending:
         named = {key: value[::-1] for key, value in named.items()}
-    elif not (step > 0).all():
-        raise SpectrumReadError(path, "wavelength is not monotonic")
-    wave = named["wavelength"].astype(np.float64)
     flux = named["flux"].astype(np.float64)
     if not np.isfinite(flux).any():
         raise SpectrumReadError(path, "flux has no finite value")
@@ -976,6 +1041,19 @@ def _validated(
     if mask is not None or bad.any():
         mask = bad if mask is None else mask.astype(bool) | bad
     return wave, flux, ivar, mask
+
+
+def _checked_wave(path: PathArg, wave: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A 1-D wavelength array as a new ascending float64 array, and whether the file gave it descending."""
+    if wave.size < 2:
+        raise SpectrumReadError(path, f"only {wave.size} pixel(s)")
+    if not np.isfinite(wave).all():
+        raise SpectrumReadError(path, "wavelength has non-finite values")
+    step = np.diff(wave)
+    descending = bool((step < 0).all())  # as frequency axes and some pipelines give it
+    if not descending and not (step > 0).all():
+        raise SpectrumReadError(path, "wavelength is not monotonic")
+    return (wave[::-1] if descending else wave).astype(np.float64), descending
 
 
 def _describe(meta: Mapping[str, Any], units: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -1004,7 +1082,7 @@ def _labels(meta: Mapping[str, Any], units: Mapping[str, str] | None = None) -> 
     units_by_key = {str(k).lower(): v for k, v in (units or {}).items()}
     best: dict[str, tuple[int, float]] = {}
     for key, raw in meta.items():
-        found = _ALIAS_RANK.get(_norm(_split_unit(key)[0]))
+        found = _alias(str(key))
         value = _as_float(raw) if found else None
         if found and value is not None and (found[0] not in best or found[1] < best[found[0]][0]):
             label, rank = found
@@ -1016,14 +1094,27 @@ def _labels(meta: Mapping[str, Any], units: Mapping[str, str] | None = None) -> 
     return labels
 
 
+@lru_cache(maxsize=4096)
+def _alias(key: str) -> tuple[str, int] | None:
+    """The (label, rank) a keyword or column name stands for; cached, as every row of a table asks."""
+    return _ALIAS_RANK.get(_norm(_split_unit(key)[0]))
+
+
 def _in_label_unit(label: str, value: float, unit: str) -> float:
     """Radial velocities given in another velocity unit (m/s) become km/s; other labels stay as given."""
     if label != "rv" or not unit:
         return value
+    scale = _kms_scale(unit)
+    return value if scale is None else float(value * scale)
+
+
+@lru_cache(maxsize=256)
+def _kms_scale(unit: str) -> float | None:
+    """km/s per one of ``unit``; None when it is no velocity unit. Cached: parsing a unit is slow."""
     try:
-        return float((value * u.Unit(unit)).to_value(u.km / u.s))
+        return float((1.0 * u.Unit(unit)).to_value(u.km / u.s))
     except (ValueError, u.UnitsError):
-        return value
+        return None
 
 
 def _medium(meta: Mapping[str, Any], default: str = "vacuum") -> str:

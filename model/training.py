@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model.vae import SpectrumVAE, VAEConfig, kl_divergence, masked_gaussian_nll
+from model.vae import SpectrumVAE, VAEConfig, doppler_shift, kl_divergence, masked_gaussian_nll
+
+#: Tolerances of the equivariance term, in latent units: z0 to 0.05 (5 km/s at the default
+#: scale), the shape dimensions to 0.1 of the prior's width.
+Z0_TOLERANCE = 0.05
+SHAPE_TOLERANCE = 0.1
 
 
 @dataclass
@@ -31,6 +36,13 @@ class TrainConfig:
     seed: int = 42
     #: σ of the Gaussian likelihood in normalised-flux units (the median flux is 1).
     recon_sigma: float = 0.02
+    #: Doppler-equivariant decoder: z0 is the radial velocity (model/vae.py).
+    velocity_dim: bool = True
+    velocity_scale_kms: float = 10.0
+    #: Self-supervised equivariance: a copy shifted by a random velocity (uniform in
+    #: ±equivariance_shift_kms) must move z0 by exactly that velocity and leave z1…zN unchanged.
+    equivariance_weight: float = 100.0
+    equivariance_shift_kms: float = 300.0
     device: str = "auto"
 
     @classmethod
@@ -89,14 +101,23 @@ def train(
     config: TrainConfig,
     groups: Sequence | None = None,
     progress: bool = True,
+    pixel_kms: float = 0.0,
 ) -> TrainResult:
-    """Fit a :class:`SpectrumVAE` to ``flux`` (n, p) with good-pixel mask ``good`` (n, p)."""
+    """Fit a :class:`SpectrumVAE` to ``flux`` (n, p) with good-pixel mask ``good`` (n, p).
+
+    ``pixel_kms`` is the grid's velocity step, needed when ``config.velocity_dim`` is on.
+    """
     if len(flux) < 2:
         raise ValueError("need at least two spectra to train")
     seed_everything(config.seed)
     device = pick_device(config.device)
     vae_config = VAEConfig(
-        n_pixels=flux.shape[1], latent_dim=config.latent_dim, channels=list(config.channels)
+        n_pixels=flux.shape[1],
+        latent_dim=config.latent_dim,
+        channels=list(config.channels),
+        velocity_dim=config.velocity_dim and pixel_kms > 0,
+        velocity_scale_kms=config.velocity_scale_kms,
+        pixel_kms=pixel_kms,
     )
     model = SpectrumVAE(vae_config).to(device)
     optimiser = torch.optim.AdamW(
@@ -129,6 +150,10 @@ def train(
             rec = masked_gaussian_nll(recon, x, m, config.recon_sigma).mean()
             kl = kl_divergence(mean, logvar).sum(dim=1).mean()
             loss = rec + beta * kl
+            if model.config.velocity_dim and config.equivariance_weight > 0:
+                loss = loss + config.equivariance_weight * equivariance_loss(
+                    model, x, m, mean, config.equivariance_shift_kms, generator
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -167,6 +192,30 @@ def train(
         **{f"val_{k}": v for k, v in final_val.items()},
     }
     return TrainResult(model.cpu(), history, metrics, dataset_hash(flux, good))
+
+
+def equivariance_loss(
+    model: SpectrumVAE,
+    flux: torch.Tensor,
+    good: torch.Tensor,
+    mean: torch.Tensor,
+    shift_kms: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Penalty for z0 not tracking a known extra Doppler shift and for z1…zN moving with it.
+
+    This needs no labels: the shift is applied to the training spectrum itself, so any archive
+    teaches the model that z0 is velocity and the rest is the star.
+    """
+    config = model.config
+    velocity = (torch.rand(len(flux), generator=generator) * 2 - 1).to(flux.device) * shift_kms
+    pixels = velocity / config.pixel_kms
+    shifted = doppler_shift(flux, pixels)
+    shifted_good = doppler_shift(good.to(flux.dtype), pixels) > 0.999
+    moved, _ = model.encode(shifted, shifted_good)
+    z0_error = (moved[:, 0] - mean[:, 0] - velocity / config.velocity_scale_kms) / Z0_TOLERANCE
+    shape_error = (moved[:, 1:] - mean[:, 1:]) / SHAPE_TOLERANCE
+    return 0.5 * (z0_error**2 + (shape_error**2).sum(dim=1)).mean()
 
 
 @torch.no_grad()

@@ -4,6 +4,11 @@ The encoder sees two channels, the masked flux and the mask itself, so a spectru
 covers only part of the grid (an upload from another instrument) is encoded from what it
 has rather than from zeros it never measured. The loss is a masked Gaussian
 reconstruction term plus β·KL; β trades reconstruction for disentanglement.
+
+With ``velocity_dim`` the decoder is Doppler-equivariant: it decodes a rest-frame spectrum
+from z1…zN and shifts it along the log-λ grid by z0 × ``velocity_scale_kms``. A shift is
+all z0 can do, so the radial velocity collects in z0 and the other dimensions are free to
+describe the star whatever its velocity — which is what "similar spectra" should mean.
 """
 
 from __future__ import annotations
@@ -21,13 +26,18 @@ class VAEConfig:
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])
     kernel_size: int = 7
     hidden: int = 256
+    #: Reserve z0 for a Doppler shift applied by the decoder (see the module docstring).
+    velocity_dim: bool = False
+    #: km/s per unit of z0, and the grid's velocity step (km/s per pixel) to turn it into pixels.
+    velocity_scale_kms: float = 10.0
+    pixel_kms: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> VAEConfig:
-        return cls(**{k: data[k] for k in ("n_pixels", "latent_dim", "channels", "kernel_size", "hidden")})
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     @property
     def padded_pixels(self) -> int:
@@ -53,8 +63,11 @@ class SpectrumVAE(nn.Module):
         self.to_mean = nn.Linear(config.hidden, config.latent_dim)
         self.to_logvar = nn.Linear(config.hidden, config.latent_dim)
 
+        self.n_shape = config.latent_dim - 1 if config.velocity_dim else config.latent_dim
+        if config.velocity_dim and (config.latent_dim < 2 or config.pixel_kms <= 0):
+            raise ValueError("velocity_dim needs latent_dim >= 2 and the grid's pixel_kms")
         self.decoder_head = nn.Sequential(
-            nn.Linear(config.latent_dim, config.hidden), nn.GELU(), nn.Linear(config.hidden, flat), nn.GELU()
+            nn.Linear(self.n_shape, config.hidden), nn.GELU(), nn.Linear(config.hidden, flat), nn.GELU()
         )
         layers = []
         chans = list(reversed(config.channels))
@@ -81,8 +94,13 @@ class SpectrumVAE(nn.Module):
         return self.to_mean(h), self.to_logvar(h).clamp(-12.0, 8.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.decoder_head(z).view(z.shape[0], self.config.channels[-1], self.reduced)
-        return 1.0 + self.decoder_conv(h)[:, 0, : self.config.n_pixels]
+        """Flux on the grid for latent vectors z (B, latent_dim), in the observed frame."""
+        shape = z[:, 1:] if self.config.velocity_dim else z
+        h = self.decoder_head(shape).view(z.shape[0], self.config.channels[-1], self.reduced)
+        flux = 1.0 + self.decoder_conv(h)[:, 0, : self.config.n_pixels]
+        if self.config.velocity_dim:
+            flux = doppler_shift(flux, z[:, 0] * self.config.velocity_scale_kms / self.config.pixel_kms)
+        return flux
 
     def forward(
         self, flux: torch.Tensor, good: torch.Tensor, sample: bool = True
@@ -90,6 +108,21 @@ class SpectrumVAE(nn.Module):
         mean, logvar = self.encode(flux, good)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
         return self.decode(z), mean, logvar
+
+
+def doppler_shift(flux: torch.Tensor, shift_pixels: torch.Tensor) -> torch.Tensor:
+    """Move each spectrum (B, L) on a log-λ grid redward by ``shift_pixels`` (B,), linear interpolation.
+
+    Differentiable in the shift, so the encoder learns the velocity from the reconstruction alone.
+    Beyond the ends the edge value is repeated (those pixels are masked in training data anyway).
+    """
+    length = flux.shape[1]
+    position = torch.arange(length, device=flux.device, dtype=flux.dtype)[None, :] - shift_pixels[:, None]
+    position = position.clamp(0, length - 1)
+    low = position.floor().clamp(max=length - 2)
+    frac = position - low
+    low = low.long()
+    return torch.gather(flux, 1, low) * (1 - frac) + torch.gather(flux, 1, low + 1) * frac
 
 
 def masked_gaussian_nll(

@@ -227,7 +227,14 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
         seed=section["seed"],
     )
     train_config = TrainConfig.from_mapping(section)
-    result = train(data.flux, data.good, train_config, groups=data.groups, progress=progress)
+    result = train(
+        data.flux,
+        data.good,
+        train_config,
+        groups=data.groups,
+        progress=progress,
+        pixel_kms=grid.velocity_step_kms,
+    )
     version = archive.next_model_version()
     checkpoint = {
         "grid": grid.to_dict(),
@@ -366,14 +373,14 @@ def analyse(archive: Archive, config: dict, version: int | None = None, progress
 
 
 def build_index(archive: Archive, config: dict, version: int | None = None, progress: bool = True) -> dict:
-    """Annoy index over the informative dimensions, tuned to the recall target, then swapped in."""
+    """Annoy index over the similarity dimensions, tuned to the recall target, then swapped in."""
     section = config["index"]
     version = archive.model(version)["model_version"]
     directory = archive.model_dir(version)
     latent_model = LatentModel(directory)
     index = LatentIndex.build(
         np.asarray(latent_model.latents),
-        latent_model.informative_dims,
+        latent_model.similarity_dims,
         directory / INDEX_FILE,
         k=section["k"],
         target_recall=section["target_recall"],

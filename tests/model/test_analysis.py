@@ -212,3 +212,14 @@ def test_knn_vote_skips_missing_labels_and_big_groups():
     assert pred[0] == pytest.approx(np.median([8, 10]))  # group 0 skipped, NaN row 9 never votes
     assert pred[9] == pytest.approx(np.median([8, 10]))  # rows without a label still get a prediction
     assert np.isnan(knn_label_vote(latents, np.full(12, np.nan))).all()
+
+
+def test_repeated_label_values_do_not_inflate_mi():
+    """Five near-identical copies per object (as augmented or repeat spectra) give the MI of one copy."""
+    rng = np.random.default_rng(4)
+    label = rng.uniform(0, 1, 400)
+    x = (label + rng.normal(0, 0.3, 400))[:, None]
+    once = mutual_information(x, {"t": label}, n_bootstrap=2)[0]["mi"]
+    copies_x = np.repeat(x, 5, axis=0) + rng.normal(0, 1e-3, (2000, 1))
+    copies = mutual_information(copies_x, {"t": np.repeat(label, 5)}, n_bootstrap=2)[0]["mi"]
+    assert copies == pytest.approx(once, abs=0.1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import itertools
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +15,10 @@ from astropy.io import fits
 from astropy.io import votable as vo
 from astropy.table import Table
 
+from model import readers
 from model.readers import C_KMS, FORMATS, detect_format, iter_spectra, label_key, read_spectra
 from model.spectrum import Spectrum, SpectrumReadError
+from model.synthetic import SyntheticConfig, generate_spectra, write_fits_table
 
 # The writers below trip astropy's style warnings (VOUnit spellings, a '[Fe/H]' column name) and the
 # truncated file makes astropy warn before the reader refuses it; none of that is under test.
@@ -755,3 +760,155 @@ def test_miles_single_row(miles: tuple[Path, list[Spectrum]]) -> None:
     np.testing.assert_array_equal(row.flux, spectra[500].flux)
     np.testing.assert_array_equal(row.wavelength, spectra[500].wavelength)
     assert row.labels == spectra[500].labels
+
+
+# ------------------------------------------------------------------------------------------------
+# iter_spectra: lazy, block by block, the same spectra as read_spectra
+
+
+def _assert_same(got: Spectrum, want: Spectrum) -> None:
+    """Every field equal: arrays value by value (and dtype), obs_time as an instant."""
+    for spec in dataclasses.fields(Spectrum):
+        a, b = getattr(got, spec.name), getattr(want, spec.name)
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            assert a is not None and b is not None and a.dtype == b.dtype, spec.name
+            np.testing.assert_array_equal(a, b, err_msg=spec.name)
+        elif spec.name == "obs_time":
+            assert (a is None and b is None) or (a is not None and b is not None and a == b), spec.name
+        else:
+            assert a == b, (spec.name, a, b)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["memmap", "gzip"])
+def test_iter_spectra_equals_read_spectra_across_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool
+) -> None:
+    config = SyntheticConfig(n_pixels=40)
+    path = tmp_path / "synth.fits"
+    write_fits_table(path, 37, seed=3, config=config)
+    if compressed:  # astropy's in-memory table, sliced, instead of blocks read from the file
+        path = path.with_suffix(".fits.gz")
+        path.write_bytes(gzip.compress((tmp_path / "synth.fits").read_bytes()))
+    whole = read_spectra(path)  # the default block holds the whole table
+    monkeypatch.setattr(readers, "CHUNK_ROWS", 8)  # 37 = 4 x 8 + 5: four boundaries, a short last block
+    walked = list(iter_spectra(path))
+    assert len(walked) == len(whole) == 37
+    for position, (got, want) in enumerate(zip(walked, whole, strict=True)):
+        _assert_same(got, want)
+        assert got.source_index == position
+    for position in (0, 7, 8, 36):  # one row read alone is the same spectrum too
+        _assert_same(read_spectra(path, position)[0], whole[position])
+    for got, made in zip(walked, generate_spectra(37, seed=3, config=config), strict=True):
+        assert got.identifier == made.identifier and got.source_format == "fits-multi"
+        assert got.labels == pytest.approx(made.labels)
+        np.testing.assert_allclose(got.flux, made.flux, rtol=1e-6)  # float32 in the file
+        np.testing.assert_allclose(got.wavelength, made.wavelength, rtol=1e-12)
+
+
+def test_iter_spectra_multi_table_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logical and unsigned columns, a header grid, errors as ivar: block by block as in one piece."""
+    path = write_multi(tmp_path / "library.fits")
+    whole = read_spectra(path)
+    monkeypatch.setattr(readers, "CHUNK_ROWS", 2)
+    walked = list(iter_spectra(path))
+    for got, want in zip(walked, whole, strict=True):
+        _assert_same(got, want)
+    assert [s.identifier for s in walked] == ["s-a", "s-b", "s-c"]
+    assert [s.extra["flagged"] for s in walked] == [False, True, False]
+    assert [s.extra["n_bad"] for s in walked] == [1, 2, 40000]
+    assert walked[0].medium == "air" and walked[0].ivar == pytest.approx(np.full(N, 100.0))
+    assert "teff" not in walked[1].labels
+
+
+def test_shared_grid_is_one_read_only_array(tmp_path: Path) -> None:
+    path = tmp_path / "synth.fits"
+    write_fits_table(path, 5, seed=1, config=SyntheticConfig(n_pixels=30))
+    spectra = list(iter_spectra(path))
+    grid = spectra[0].wavelength
+    assert all(s.wavelength is grid for s in spectra)  # no copy per row
+    with pytest.raises(ValueError, match="read-only"):
+        grid[0] = 0.0  # a consumer cannot move the grid under the other spectra
+    first = spectra[0]
+    first.flux[0] = -1.0  # the rest is each spectrum's own
+    assert spectra[1].flux[0] != -1.0 and not np.shares_memory(first.flux, spectra[1].flux)
+    assert not np.shares_memory(first.ivar, spectra[1].ivar)
+
+
+def test_iter_spectra_closed_early_and_empty_tables(tmp_path: Path) -> None:
+    path = tmp_path / "synth.fits"
+    write_fits_table(path, 3, seed=1, config=SyntheticConfig(n_pixels=30))
+    walk = iter_spectra(path)
+    assert next(walk).source_index == 0
+    walk.close()  # releases the open file; nothing else to do
+    empty = tmp_path / "empty.fits"
+    columns = [fits.Column("flux", f"{N}E", array=np.zeros((0, N), np.float32))]
+    primary = fits.PrimaryHDU()
+    primary.header.update({"CRVAL1": 4000.0, "CDELT1": 2.0})
+    fits.HDUList([primary, fits.BinTableHDU.from_columns(columns)]).writeto(empty)
+    with pytest.raises(SpectrumReadError, match="holds no spectra"):
+        next(iter_spectra(empty))
+
+
+BIG_ROWS, BIG_PIXELS = 5_000, 8_000  # flux and ivar as float32: 64 kB a row, 320 MB in all
+
+
+@pytest.fixture(scope="module")
+def big_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MILES-layout table far larger than one block, written in a moment (no spectra rendered)."""
+    path = tmp_path_factory.mktemp("big") / "big.fits"
+    columns = [
+        fits.Column("obsid", "12A"),
+        fits.Column("teff", "D"),
+        fits.Column("flux", f"{BIG_PIXELS}E"),
+        fits.Column("ivar", f"{BIG_PIXELS}E"),
+    ]
+    table = fits.BinTableHDU.from_columns(columns, nrows=0, name="SPECTRA")
+    header = table.header.copy()
+    header["NAXIS2"] = BIG_ROWS
+    primary = fits.PrimaryHDU().header
+    primary.update({"CRVAL1": 4000.0, "CDELT1": 2.0, "WAVEMED": "vacuum"})
+    block = np.zeros(2048, table.columns.dtype.newbyteorder(">"))
+    block["flux"], block["ivar"] = np.linspace(1.0, 2.0, BIG_PIXELS), 4.0
+    with path.open("wb") as stream:
+        stream.write(primary.tostring().encode("ascii") + header.tostring().encode("ascii"))
+        for start in range(0, BIG_ROWS, len(block)):
+            rows = block[: min(len(block), BIG_ROWS - start)]
+            rows["obsid"] = [f"big-{i:08d}" for i in range(start, start + len(rows))]
+            rows["teff"] = 4000.0 + np.arange(start, start + len(rows))
+            stream.write(rows.tobytes())
+        stream.write(bytes(-BIG_ROWS * header["NAXIS1"] % 2880))
+    return path
+
+
+def _peak_bytes(work: Callable[[], object]) -> tuple[object, int]:
+    tracemalloc.start()
+    try:
+        result = work()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_iter_spectra_reads_only_what_it_yields(big_table: Path) -> None:
+    size = big_table.stat().st_size
+    assert size > 300e6
+    first, peak = _peak_bytes(lambda: list(itertools.islice(iter_spectra(big_table), 10)))
+    assert [s.identifier for s in first] == [f"big-{i:08d}" for i in range(10)]
+    assert first[9].labels == {"teff": 4009.0}
+    assert peak < size / 10, f"{peak / 1e6:.0f} MB traced for 10 spectra of a {size / 1e6:.0f} MB file"
+
+
+def test_iter_spectra_walks_a_big_table_in_bounded_memory(big_table: Path) -> None:
+    def walk() -> tuple[int, Spectrum | None]:
+        count, last = 0, None
+        for last in iter_spectra(big_table):  # noqa: B007 - the last one is checked below
+            count += 1
+        return count, last
+
+    (count, last), peak = _peak_bytes(walk)
+    assert count == BIG_ROWS
+    assert last is not None and last.identifier == f"big-{BIG_ROWS - 1:08d}"
+    assert last.source_index == BIG_ROWS - 1 and last.labels == {"teff": 4000.0 + BIG_ROWS - 1}
+    np.testing.assert_allclose(last.flux, np.linspace(1.0, 2.0, BIG_PIXELS), rtol=1e-6)
+    size = big_table.stat().st_size
+    assert peak < size / 10, f"{peak / 1e6:.0f} MB traced walking a {size / 1e6:.0f} MB file"

@@ -136,7 +136,7 @@ def test_index_recall_equals_stored_figure_and_self_is_first_neighbour(built):
     for row in range(0, 200, 17):
         rows, distances = model.neighbours(row=row, k=5)
         assert rows[0] == row and distances[0] == 0
-        exact_rows, _ = exact_search(model.latents, model.latents[row], 5, dims=model.informative_dims)
+        exact_rows, _ = exact_search(model.latents, model.latents[row], 5, dims=model.similarity_dims)
         assert exact_rows[0] == row
 
 
