@@ -45,7 +45,14 @@ CREATE INDEX IF NOT EXISTS spectrum_collection ON spectrum (obs_collection);
 CREATE INDEX IF NOT EXISTS spectrum_source ON spectrum (source_path, source_index);
 CREATE INDEX IF NOT EXISTS spectrum_dec ON spectrum (s_dec);
 
--- ObsCore 1.1 view; access_url points at DataLink under the configured public base URL.
+-- ObsCore 1.1 view (described in resources/tables/ivoa.toml, which TAP_SCHEMA is made from).
+-- access_url points at DataLink under the configured public base URL, with the DID
+-- URL-encoded (DIDs hold only ivo://, ~, ?, / and [A-Za-z0-9._+-]; a raw '+' would read as a
+-- space). s_fov and s_region stay NULL: the archive records no aperture, and an invented one
+-- would make spatial overlaps lie; positional queries use POINT(s_ra, s_dec). The physical
+-- labels follow the standard columns so ADQL can filter on them.
+-- service/tap/schema.py re-creates this view when it refreshes TAP_SCHEMA (`latentvo index`),
+-- so an archive built by an older release gets the current column set.
 CREATE VIEW IF NOT EXISTS ivoa_obscore AS
 SELECT
     'spectrum'                       AS dataproduct_type,
@@ -54,8 +61,11 @@ SELECT
     s.obs_collection                 AS obs_collection,
     s.obs_id                         AS obs_id,
     s.obs_publisher_did              AS obs_publisher_did,
+    COALESCE(s.target_name, s.obs_id) || ' (' || s.obs_collection || ')' AS obs_title,
     (SELECT value FROM archive_setting WHERE name = 'base_url')
-        || '/datalink/links?ID=' || s.obs_publisher_did AS access_url,
+        || '/datalink/links?ID='
+        || replace(replace(replace(replace(s.obs_publisher_did,
+               '+', '%2B'), ':', '%3A'), '/', '%2F'), '?', '%3F') AS access_url,
     'application/x-votable+xml;content=datalink' AS access_format,
     s.access_estsize                 AS access_estsize,
     s.target_name                    AS target_name,
@@ -71,18 +81,24 @@ SELECT
     s.t_min                          AS t_min,
     s.t_max                          AS t_max,
     s.t_exptime                      AS t_exptime,
-    NULL                             AS t_resolution,
+    s.t_exptime                      AS t_resolution,
     1                                AS t_xel,
     s.em_min                         AS em_min,
     s.em_max                         AS em_max,
     s.em_res_power                   AS em_res_power,
     s.em_xel                         AS em_xel,
     'em.wl'                          AS em_ucd,
-    NULL                             AS o_ucd,
+    'phot.flux.density;em.wl'        AS o_ucd,
     NULL                             AS pol_states,
-    1                                AS pol_xel,
+    NULL                             AS pol_xel,
     NULL                             AS facility_name,
-    s.instrument_name                AS instrument_name
+    s.instrument_name                AS instrument_name,
+    s.teff                           AS teff,
+    s.logg                           AS logg,
+    s.feh                            AS feh,
+    s.rv                             AS rv,
+    s.snr                            AS snr,
+    s.vsini                          AS vsini
 FROM spectrum AS s;
 
 CREATE TABLE IF NOT EXISTS ml_model (

@@ -45,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--debug", action="store_true", help="Flask's development server instead of gunicorn")
+
+
+def with_public_url(config: dict, args: argparse.Namespace) -> dict:
+    """Point the public base URL at the bound port when the configured one is the default."""
+    if config["service"]["base_url"] == "http://127.0.0.1:8080":
+        config["service"]["base_url"] = f"http://{args.host}:{args.port}"
+    return config
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -81,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "analyse":
         print_analysis(pipeline.analyse(archive, config, args.model_version, progress=progress))
         return 0
+    if args.verb == "serve":
+        return serve(with_public_url(config, args), args)
     if args.verb == "index":
         result = pipeline.build_index(archive, config, args.model_version, progress)
         print(
@@ -101,26 +117,50 @@ def print_analysis(summary: dict) -> None:
         )
 
 
-def demo(args: argparse.Namespace, progress: bool) -> int:
-    """Every stage on the bundled sample; serving follows once the service exists."""
-    overrides = {"archive": {"root": args.root}} if args.root else None
-    config = load_config(args.config or DEMO_DIR / "demo.toml", overrides)
-    archive = Archive.from_config(config)
-    started = time.perf_counter()
-    print(
-        pipeline.ingest(
-            archive, [DEMO_DIR / "miles_demo.fits"], None, config["archive"]["default_collection"], progress
-        )
-    )
-    version = pipeline.train_model(archive, config, progress)
-    pipeline.encode(archive, version, progress=progress)
-    print_analysis(pipeline.analyse(archive, config, version, progress=progress))
-    result = pipeline.build_index(archive, config, version, progress)
-    print(
-        f"demo archive ready in {time.perf_counter() - started:.0f} s at {archive.root}: "
-        f"model version {version}, recall@10 {result['recall_at_k']:.3f}"
-    )
+def serve(config: dict, args: argparse.Namespace) -> int:
+    from service.server import serve as run_server
+
+    base = config["service"]["base_url"]
+    Archive.from_config(config).close()  # records the public base URL that access_url is built from
+    print(f"serving {config['archive']['root']} at {base}/ :")
+    for name, path in (("TAP", "/tap"), ("SSAP", "/ssa/query"), ("DataLink", "/datalink/links?ID=…")):
+        print(f"  {name:8} {base}{path}")
+    run_server(config, args.host, args.port, args.workers, args.debug)
     return 0
+
+
+def demo(args: argparse.Namespace, progress: bool) -> int:
+    """Every stage on the bundled sample, then serve it (unless --no-serve)."""
+    overrides = {"archive": {"root": args.root}} if args.root else None
+    config = with_public_url(load_config(args.config or DEMO_DIR / "demo.toml", overrides), args)
+    archive = Archive.from_config(config)
+    try:
+        ready = not args.rebuild and archive.current_model() is not None
+    except LookupError:
+        ready = False
+    if ready:
+        print(f"demo archive already built at {archive.root} (use --rebuild to build it again)")
+    else:
+        started = time.perf_counter()
+        print(
+            pipeline.ingest(
+                archive,
+                [DEMO_DIR / "miles_demo.fits"],
+                None,
+                config["archive"]["default_collection"],
+                progress,
+            )
+        )
+        version = pipeline.train_model(archive, config, progress)
+        pipeline.encode(archive, version, progress=progress)
+        print_analysis(pipeline.analyse(archive, config, version, progress=progress))
+        result = pipeline.build_index(archive, config, version, progress)
+        print(
+            f"demo archive ready in {time.perf_counter() - started:.0f} s at {archive.root}: "
+            f"model version {version}, recall@10 {result['recall_at_k']:.3f}"
+        )
+    archive.close()
+    return 0 if args.no_serve else serve(config, args)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from model.similarity import LatentIndex
 from model.spectrum import KNOWN_LABELS, Spectrum, SpectrumReadError
 from model.training import TrainConfig, train
 from service.archive import Archive, safe_key, utc_now
+from service.tap.schema import tableset_for, write_tap_schema
 
 log = logging.getLogger(__name__)
 SPECTRUM_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".vot", ".xml", ".csv", ".ecsv", ".txt")
@@ -396,6 +397,7 @@ def build_index(archive: Archive, config: dict, version: int | None = None, prog
         stage="indexed",
     )
     archive.make_current(version)
+    write_tap_schema(archive, tableset_for(latent_model.latent_dim))  # TAP_SCHEMA for the model in service
     return {
         "version": version,
         "n_trees": meta.n_trees,

@@ -58,7 +58,7 @@ def test_ingest_puts_every_spectrum_with_labels_in_the_archive(built):
     row = archive.conn.execute("SELECT * FROM ivoa_obscore WHERE obs_id = 'm0005'").fetchone()
     assert row["obs_publisher_did"] == "ivo://latentvo.example/~?miles/m0005"
     assert row["dataproduct_type"] == "spectrum"
-    assert row["access_url"].endswith("/datalink/links?ID=ivo://latentvo.example/~?miles/m0005")
+    assert row["access_url"].endswith("/datalink/links?ID=ivo%3A%2F%2Flatentvo.example%2F~%3Fmiles%2Fm0005")
     assert 3.54e-7 < row["em_min"] < 3.56e-7 and 7.40e-7 < row["em_max"] < 7.42e-7  # vacuum metres
     labels = archive.conn.execute("SELECT teff, logg, feh FROM spectrum WHERE obs_id = 'm0005'").fetchone()
     assert all(v is not None for v in labels)

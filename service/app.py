@@ -1,0 +1,73 @@
+"""The Flask application factory: one blueprint per protocol over shared helpers."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from service import __version__
+from service.config import load_config
+from service.errors import DALIError
+from service.state import ServiceState, close_archive
+from service.votable import VOTABLE_MIME, error_document
+
+log = logging.getLogger(__name__)
+#: Paths answered with DALI error documents rather than HTML error pages.
+PROTOCOL_PREFIXES = ("/tap", "/ssa", "/datalink", "/data", "/similar")
+SERVER_HEADER = f"latentvo/{__version__} (Flask; IVOA TAP 1.1, SSAP 1.1, DataLink 1.1)"
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the service for one archive; ``config`` as from :func:`service.config.load_config`."""
+    config = config or load_config()
+    app = Flask("latentvo", static_folder=None)
+    app.config["LATENTVO"] = config
+    app.config["MAX_CONTENT_LENGTH"] = config["service"]["max_request_bytes"]
+    app.extensions["latentvo"] = ServiceState(config)
+    app.teardown_appcontext(close_archive)
+
+    from service import data, datalink, ssap, web
+    from service.tap import blueprint as tap
+
+    app.register_blueprint(web.bp)
+    app.register_blueprint(ssap.bp, url_prefix="/ssa")
+    app.register_blueprint(tap.bp, url_prefix="/tap")
+    app.register_blueprint(datalink.bp, url_prefix="/datalink")
+    app.register_blueprint(datalink.rdf_bp)
+    app.register_blueprint(data.bp, url_prefix="/data")
+
+    app.register_error_handler(DALIError, dali_error)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, server_error)
+    app.after_request(server_header)
+    return app
+
+
+def error_response(message: str, status: int) -> Response:
+    return Response(error_document(message), status=status, content_type=VOTABLE_MIME)
+
+
+def dali_error(exc: DALIError) -> Response:
+    return error_response(exc.text(), exc.status)
+
+
+def http_error(exc: HTTPException) -> Response | HTTPException:
+    if request.path.startswith(PROTOCOL_PREFIXES):
+        fault = "NotFoundFault" if exc.code == 404 else "UsageFault"
+        response = error_response(f"{fault}: {exc.description}", exc.code or 400)
+        if exc.code == 405:
+            response.headers["Allow"] = ", ".join(getattr(exc, "valid_methods", None) or [])
+        return response
+    return exc
+
+
+def server_error(exc: Exception) -> Response:
+    log.exception("unexpected error on %s", request.path)
+    return error_response(f"FatalFault: internal error ({type(exc).__name__}: {exc})", 500)
+
+
+def server_header(response: Response) -> Response:
+    response.headers["Server"] = SERVER_HEADER
+    return response

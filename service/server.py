@@ -1,0 +1,58 @@
+"""Running the service: gunicorn with N workers for production, Flask's server for debugging."""
+
+from __future__ import annotations
+
+import logging
+
+from gunicorn.app.base import BaseApplication
+
+from service.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+class GunicornServer(BaseApplication):
+    """gunicorn with the app built in each worker (so each loads the model and index once)."""
+
+    def __init__(self, config: dict, options: dict) -> None:
+        self.latentvo_config = config
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+        self.cfg.set("post_worker_init", warm_up)
+
+    def load(self):
+        return create_app(self.latentvo_config)
+
+
+def warm_up(worker) -> None:
+    """Load the model in service and map its index before the first request arrives."""
+    app = worker.wsgi
+    from service.errors import DALIError
+    from service.state import state
+
+    with app.app_context():
+        try:
+            served = state().served_model()
+            served.model.index  # noqa: B018  (maps the Annoy file)
+        except DALIError as exc:
+            log.warning("worker %s starts without a model: %s", worker.pid, exc)
+
+
+def serve(config: dict, host: str, port: int, workers: int, debug: bool = False) -> None:
+    if debug:
+        create_app(config).run(host=host, port=port, debug=True, use_reloader=False)
+        return
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": 4,
+        "timeout": int(config["service"]["sync_timeout"]) + 30,
+        "accesslog": "-",
+        "errorlog": "-",
+    }
+    GunicornServer(config, options).run()

@@ -1,0 +1,1380 @@
+"""ADQL 2.1 → SQLite: parse with sqlglot (an ADQL dialect), check against the table metadata, translate.
+
+The query is parsed into a syntax tree, never edited as text. Every table and column is
+looked up in the :class:`~service.tables.TableSet` (what TAP_SCHEMA publishes; extra tables
+such as ``TAP_UPLOAD.t1`` can be added to it), every function in a fixed list, every piece of
+syntax in a fixed set of node types; anything else is an :class:`ADQLError` naming it. The
+tree is then rebuilt for SQLite: tables get internal aliases, columns are qualified, ``*``
+is expanded, geometry and math functions become Python functions registered on the
+connection (:func:`register_functions`), and TOP/MAXREC become one LIMIT (TAP-05).
+
+Output columns carry their metadata: a plain column reference copies its TAP_SCHEMA entry
+(TAP-04), an expression gets a datatype worked out from its parts (geometry as DALI xtypes).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import sqlite3
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import sqlglot
+from sqlglot import exp, parser, tokens
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import TokenType
+
+from service.errors import DALIError, UsageError
+from service.tables import ColumnMeta, TableMeta, TableSet
+from service.tap import geometry
+from service.votable import Column
+
+
+class ADQLError(UsageError):
+    """The ADQL cannot be run: a syntax error, an unknown table, column or function (400)."""
+
+
+# -- the dialect ------------------------------------------------------------------------------
+
+
+class ADQL(Dialect):
+    """ADQL 2.1 as sqlglot reads it: TOP, ``"delimited"`` identifiers, ``--`` comments, ``''`` escapes.
+
+    Only aggregates, COALESCE, CAST and CASE get sqlglot's own parse; every other function call
+    stays an anonymous call by name so :class:`_Translator` can check it against ADQL's list.
+    Integer division truncates (as in PostgreSQL, the usual ADQL back end).
+    """
+
+    TYPED_DIVISION = True
+
+    class Tokenizer(tokens.Tokenizer):
+        QUOTES = ["'"]
+        IDENTIFIERS = ['"']
+        COMMENTS = ["--"]
+        STRING_ESCAPES = ["'"]
+        KEYWORDS = {
+            **{key: value for key, value in tokens.Tokenizer.KEYWORDS.items() if key != "::"},
+            "TOP": TokenType.TOP,
+        }
+
+    class Parser(parser.Parser):
+        FUNCTIONS = {name: parser.Parser.FUNCTIONS[name] for name in ("COUNT", "SUM", "AVG", "MIN", "MAX")}
+        FUNCTIONS["COALESCE"] = parser.Parser.FUNCTIONS["COALESCE"]
+        FUNCTION_PARSERS = {"CAST": parser.Parser.FUNCTION_PARSERS["CAST"]}
+        NO_PAREN_FUNCTIONS: dict = {}
+        NO_PAREN_FUNCTION_PARSERS = {"CASE": parser.Parser.NO_PAREN_FUNCTION_PARSERS["CASE"]}
+
+
+# -- results of a translation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What an expression yields: VOTable datatype, arraysize, xtype, unit, and the table column if plain."""
+
+    datatype: str
+    arraysize: str | None = None
+    xtype: str | None = None
+    unit: str | None = None
+    meta: ColumnMeta | None = None
+    null: bool = False  # the NULL literal: takes the type of whatever it is combined with
+
+
+_LONG = _Kind("long")
+_INT = _Kind("int")
+_DOUBLE = _Kind("double")
+_TEXT = _Kind("char", "*")
+_NULL = _Kind("char", "*", null=True)
+_TIMESTAMP = _Kind("char", "*", "timestamp")
+_GEOMETRY = {
+    "point": _Kind("double", "2", "point", "deg"),
+    "circle": _Kind("double", "3", "circle", "deg"),
+    "polygon": _Kind("double", "*", "polygon", "deg"),
+}
+_INTEGERS = {"short", "int", "long", "unsignedByte", "boolean"}
+_NUMBERS = _INTEGERS | {"float", "double"}
+
+
+@dataclass
+class OutputColumn:
+    """One column of the result: its FIELD name and metadata (TAP-04)."""
+
+    name: str
+    datatype: str
+    arraysize: str | None = None
+    xtype: str | None = None
+    unit: str | None = None
+    #: The table column when the item is a plain column reference: UCD, utype, description come from it.
+    meta: ColumnMeta | None = None
+
+    @classmethod
+    def of(cls, name: str, kind: _Kind) -> OutputColumn:
+        return cls(name, kind.datatype, kind.arraysize, kind.xtype, kind.unit, kind.meta)
+
+    def to_column(self, ID: str | None = None) -> Column:
+        """The VOTable FIELD."""
+        meta = self.meta
+        return Column(
+            name=self.name,
+            datatype=self.datatype,
+            arraysize=self.arraysize,
+            unit=self.unit,
+            ucd=meta.ucd if meta else None,
+            utype=meta.utype if meta else None,
+            xtype=self.xtype,
+            description=meta.description if meta else None,
+            ID=ID,
+        )
+
+
+@dataclass
+class Translation:
+    sql: str
+    columns: list[OutputColumn]
+    #: Rows to return; the SQL fetches one more when MAXREC (not TOP) limits, so overflow shows.
+    limit: int
+
+
+class SimilarityHooks(Protocol):
+    """Latent-space similarity for ``ml_knn`` and ``ml_distance`` (implemented over the served model)."""
+
+    def knn(self, ref_did: str, k: int, dims: Sequence[int] | None) -> list[str] | None:
+        """DIDs of the k nearest archive spectra of ``ref_did`` (itself first); None if it is unknown."""
+
+    def distance(self, did: str, ref_did: str, dims: Sequence[int] | None) -> float | None:
+        """Latent distance between two archive spectra; None if either is unknown."""
+
+
+# -- translation --------------------------------------------------------------------------------
+
+
+def translate(
+    adql: str, tables: TableSet, maxrec: int, similarity: SimilarityHooks | None = None
+) -> Translation:
+    """SQLite SQL for an ADQL query, its output columns, and the number of rows to return."""
+    root = parse(adql)
+    translator = _Translator(tables, similarity)
+    top = _top(root)
+    sql_node, outputs = translator.query(root, None, {})
+    limit = maxrec if top is None else min(top, maxrec)
+    fetch = top if top is not None and top <= maxrec else maxrec + 1
+    sql_node.set("limit", exp.Limit(expression=exp.Literal.number(fetch)))
+    return Translation(sql_node.sql(dialect="sqlite"), [OutputColumn.of(n, k) for n, k in outputs], limit)
+
+
+def parse(adql: str) -> exp.Expression:
+    """The syntax tree of one ADQL query; syntax errors become :class:`ADQLError` with line and column."""
+    if not adql or not adql.strip():
+        raise ADQLError("the query is empty")
+    try:
+        statements = [s for s in sqlglot.parse(adql, read=ADQL) if s is not None]
+    except ParseError as exc:
+        detail = exc.errors[0] if exc.errors else {}
+        where = f" at line {detail.get('line')}, column {detail.get('col')}" if detail.get("line") else ""
+        near = f" near {detail.get('highlight')!r}" if detail.get("highlight") else ""
+        message = _TOKEN.sub(r"\1", detail.get("description") or str(exc))
+        raise ADQLError(f"ADQL syntax error{where}{near}: {message}") from None
+    except TokenError as exc:
+        raise ADQLError(f"ADQL syntax error: {exc}") from None
+    if len(statements) != 1:
+        raise ADQLError("give exactly one ADQL query (no ';'-separated statements)")
+    root = statements[0]
+    while isinstance(root, exp.Subquery) and not root.alias:
+        root = root.this
+    if not isinstance(root, exp.Select | exp.SetOperation):
+        raise ADQLError(f"not an ADQL query: {adql.strip()[:60]!r} (a query starts with SELECT or WITH)")
+    return root
+
+
+_TOKEN = re.compile(r"<Token token_type: [^,]*, text: ([^,]*),[^>]*>")
+
+
+def _top(root: exp.Expression) -> int | None:
+    """The TOP of the outermost query (set operations have none of their own)."""
+    if isinstance(root, exp.Select) and root.args.get("limit") is not None:
+        return _count(root.args["limit"].expression, "TOP")
+    return None
+
+
+def _count(node: exp.Expression | None, what: str) -> int:
+    if isinstance(node, exp.Literal) and not node.is_string and re.fullmatch(r"\d+", node.this):
+        return int(node.this)
+    raise ADQLError(f"{what} needs a non-negative integer, not {node.sql() if node else 'nothing'}")
+
+
+@dataclass
+class _Source:
+    """A table, view, derived table or CTE in a FROM clause."""
+
+    sql_alias: str
+    columns: list[ColumnMeta]
+    alias: exp.Identifier | None  # the user's alias, if any
+    parts: list[str] = field(default_factory=list)  # qualified name parts of a named table
+    physical: bool = False  # a table from the TableSet (whose columns may have SQL expressions)
+
+    def named(self, qualifier: list[exp.Identifier]) -> bool:
+        if self.alias is not None:
+            return len(qualifier) == 1 and _same(qualifier[0], self.alias.name, self.alias.quoted)
+        if not self.parts or len(qualifier) > len(self.parts):
+            return False
+        return all(_same(q, p) for q, p in zip(qualifier, self.parts[-len(qualifier) :], strict=True))
+
+    def column(self, ident: exp.Identifier) -> ColumnMeta | None:
+        matches = [c for c in self.columns if _same(ident, c.name)]
+        exact = [c for c in matches if c.name == ident.name]
+        return (exact or matches or [None])[0]
+
+    def label(self) -> str:
+        return self.alias.name if self.alias is not None else ".".join(self.parts)
+
+
+@dataclass
+class _Cte:
+    name: exp.Identifier
+    sql_name: str
+    columns: list[ColumnMeta]
+
+
+@dataclass
+class _Scope:
+    parent: _Scope | None
+    ctes: dict[str, _Cte]
+    sources: list[_Source] = field(default_factory=list)
+    shared: set[str] = field(default_factory=set)  # lower-case NATURAL/USING column names
+
+
+def _same(ident: exp.Identifier, name: str, quoted: bool = False) -> bool:
+    """ADQL identifier rules: delimited ones match exactly, regular ones ignoring case."""
+    if ident.quoted or quoted:
+        return ident.name == name
+    return ident.name.lower() == name.lower()
+
+
+def _ident(name: str) -> exp.Identifier:
+    return exp.Identifier(this=name, quoted=True)
+
+
+def _column(name: str, table: str | None = None) -> exp.Column:
+    return exp.Column(this=_ident(name), table=_ident(table) if table else None)
+
+
+def _call(name: str, *args: exp.Expression) -> exp.Anonymous:
+    return exp.Anonymous(this=name, expressions=list(args))
+
+
+def _number(node: exp.Expression | None) -> float | None:
+    """The value of a numeric literal (negative and parenthesised ones too), else None."""
+    if isinstance(node, exp.Paren):
+        return _number(node.this)
+    if isinstance(node, exp.Neg):
+        value = _number(node.this)
+        return None if value is None else -value
+    if isinstance(node, exp.Literal) and not node.is_string:
+        return float(node.this)
+    return None
+
+
+def _string(node: exp.Expression | None) -> str | None:
+    return node.this if isinstance(node, exp.Literal) and node.is_string else None
+
+
+def _numeric(*kinds: _Kind) -> _Kind:
+    real = [k for k in kinds if not k.null]
+    if real and all(k.datatype in _INTEGERS for k in real):
+        return _LONG
+    return _DOUBLE
+
+
+def _combine(kinds: Sequence[_Kind]) -> _Kind:
+    """The type of CASE/COALESCE/UNION branches: the common one, numbers widened, else text."""
+    real = [k for k in kinds if not k.null]
+    if not real:
+        return _NULL
+    first = replace(real[0], meta=None)
+    if all(replace(k, meta=None) == first for k in real):
+        return first
+    if all(k.datatype in _NUMBERS and not k.arraysize for k in real):
+        return _numeric(*real)
+    return _TEXT
+
+
+#: ADQL math functions: name → (SQL function, min args, max args, result rule).
+_SAME = "same"  # integer arguments stay integers (ABS, ROUND, TRUNCATE, CEILING, FLOOR, MOD)
+_MATH: dict[str, tuple[str, int, int, str]] = {
+    "ABS": ("abs", 1, 1, _SAME),
+    "CEILING": ("adql_ceiling", 1, 1, _SAME),
+    "FLOOR": ("adql_floor", 1, 1, _SAME),
+    "ROUND": ("adql_round", 1, 2, _SAME),
+    "TRUNCATE": ("adql_truncate", 1, 2, _SAME),
+    "MOD": ("adql_mod", 2, 2, _SAME),
+    "DEGREES": ("adql_degrees", 1, 1, "double"),
+    "RADIANS": ("adql_radians", 1, 1, "double"),
+    "EXP": ("adql_exp", 1, 1, "double"),
+    "LOG": ("adql_log", 1, 1, "double"),
+    "LOG10": ("adql_log10", 1, 1, "double"),
+    "SQRT": ("adql_sqrt", 1, 1, "double"),
+    "POWER": ("adql_power", 2, 2, "double"),
+    "PI": ("adql_pi", 0, 0, "double"),
+    "RAND": ("adql_rand", 0, 1, "double"),
+    "ACOS": ("adql_acos", 1, 1, "double"),
+    "ASIN": ("adql_asin", 1, 1, "double"),
+    "ATAN": ("adql_atan", 1, 1, "double"),
+    "ATAN2": ("adql_atan2", 2, 2, "double"),
+    "COS": ("adql_cos", 1, 1, "double"),
+    "COT": ("adql_cot", 1, 1, "double"),
+    "SIN": ("adql_sin", 1, 1, "double"),
+    "TAN": ("adql_tan", 1, 1, "double"),
+    "LOWER": ("adql_lower", 1, 1, "text"),
+    "UPPER": ("adql_upper", 1, 1, "text"),
+}
+#: Geometry functions: name → (allowed argument counts after the optional coordinate system, result).
+_GEOMETRY_FUNCTIONS: dict[str, tuple[set[int] | None, str]] = {
+    "POINT": ({2}, "point"),
+    "CIRCLE": ({2, 3}, "circle"),
+    "BOX": ({3, 4}, "polygon"),
+    "POLYGON": (None, "polygon"),
+    "CONTAINS": ({2}, "int"),
+    "INTERSECTS": ({2}, "int"),
+    "DISTANCE": ({2, 4}, "double"),
+    "AREA": ({1}, "double"),
+    "COORD1": ({1}, "double"),
+    "COORD2": ({1}, "double"),
+    "CENTROID": ({1}, "point"),
+}
+_HAS_COORDSYS = {"POINT", "CIRCLE", "BOX", "POLYGON"}
+_CAST_TYPES = {
+    exp.DataType.Type.SMALLINT: ("INTEGER", _Kind("short")),
+    exp.DataType.Type.INT: ("INTEGER", _INT),
+    exp.DataType.Type.BIGINT: ("INTEGER", _LONG),
+    exp.DataType.Type.FLOAT: ("REAL", _Kind("float")),
+    exp.DataType.Type.DOUBLE: ("REAL", _DOUBLE),
+}
+#: Syntax nodes rebuilt as they are, once their children are translated.
+_PLAIN = (
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.Between,
+    exp.Is,
+    exp.Like,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.EQ,
+)
+_ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div)
+_SELECT_ARGS = {"with_", "distinct", "expressions", "from_", "joins", "where", "group", "having", "order"}
+_SELECT_ARGS |= {"limit", "offset", "kind"}
+_SIMILARITY_MAX_K = 100_000
+
+
+class _Translator:
+    def __init__(self, tables: TableSet, similarity: SimilarityHooks | None) -> None:
+        self.tables = tables
+        self.similarity = similarity
+        self.counter = 0
+
+    def _alias(self) -> str:
+        self.counter += 1
+        return f"_t{self.counter}"
+
+    # -- queries
+
+    def query(
+        self, node: exp.Expression, parent: _Scope | None, ctes: dict[str, _Cte]
+    ) -> tuple[exp.Expression, list[tuple[str, _Kind]]]:
+        """Translate a query (SELECT, set operation or parenthesised query) and list its outputs."""
+        if isinstance(node, exp.Subquery):
+            if node.alias:
+                raise ADQLError("a parenthesised query cannot take an alias here")
+            inner, outputs = self.query(node.this, parent, ctes)
+            return self._wrap(inner), outputs
+        ctes, with_ = self._with(node, parent, ctes)
+        if isinstance(node, exp.Select):
+            translated, outputs = self._select(node, parent, ctes)
+        elif isinstance(node, exp.SetOperation):
+            translated, outputs = self._set_operation(node, parent, ctes)
+        else:
+            raise ADQLError(f"expected a query, found {node.sql(dialect=ADQL)[:60]!r}")
+        if with_ is not None:
+            translated.set("with_", with_)
+        return translated, outputs
+
+    def _with(
+        self, node: exp.Expression, parent: _Scope | None, ctes: dict[str, _Cte]
+    ) -> tuple[dict[str, _Cte], exp.With | None]:
+        """Translate the WITH clause; its queries become internally named CTEs visible in ``node``."""
+        with_ = node.args.get("with_")
+        if not with_:
+            return ctes, None
+        if with_.args.get("recursive"):
+            raise ADQLError("WITH RECURSIVE is not part of ADQL")
+        ctes = dict(ctes)
+        emitted = []
+        for cte in with_.expressions:
+            alias = cte.args["alias"]
+            name = alias.this
+            inner, outputs = self.query(cte.this, parent, ctes)
+            columns = alias.args.get("columns") or []
+            sql_alias = exp.TableAlias(this=_ident(self._alias()))
+            if columns:
+                if len(columns) != len(outputs):
+                    raise ADQLError(f"WITH {name.name} names {len(columns)} columns for {len(outputs)}")
+                outputs = [(c.name, k) for c, (_, k) in zip(columns, outputs, strict=True)]
+                sql_alias.set("columns", [_ident(c.name) for c in columns])
+            ctes[name.name.lower()] = _Cte(name, sql_alias.name, _metas(outputs))
+            emitted.append(exp.CTE(this=inner, alias=sql_alias))
+        return ctes, exp.With(expressions=emitted)
+
+    def _wrap(self, query: exp.Expression) -> exp.Select:
+        """``SELECT * FROM (query)``: how SQLite takes a set operand with its own ORDER BY/LIMIT."""
+        alias = exp.TableAlias(this=_ident(self._alias()))
+        return exp.Select(
+            expressions=[exp.Star()], from_=exp.From(this=exp.Subquery(this=query, alias=alias))
+        )
+
+    def _set_operation(
+        self, node: exp.SetOperation, parent: _Scope | None, ctes: dict[str, _Cte]
+    ) -> tuple[exp.Expression, list[tuple[str, _Kind]]]:
+        left, left_out = self._operand(node.this, parent, ctes)
+        right, right_out = self._operand(node.expression, parent, ctes)
+        if len(left_out) != len(right_out):
+            raise ADQLError(
+                f"{node.key.upper()} needs queries with the same number of columns "
+                f"({len(left_out)} and {len(right_out)})"
+            )
+        outputs = [
+            (n, k if replace(k, meta=None) == replace(r, meta=None) else _combine([k, r]))
+            for (n, k), (_, r) in zip(left_out, right_out, strict=True)
+        ]
+        outputs = [(n, k) if k != _NULL else (n, _TEXT) for n, k in outputs]
+        if isinstance(node, exp.Intersect | exp.Except) and not node.args.get("distinct"):
+            new = self._multiset(node, left, left_out, right, right_out)
+        else:
+            new = type(node)(this=left, expression=right, distinct=node.args.get("distinct"))
+        if node.args.get("order"):
+            new.set("order", self._order(node.args["order"], None, outputs, set_operation=True))
+        if node.args.get("offset"):
+            offset = _count(node.args["offset"].expression, "OFFSET")
+            new.set("offset", exp.Offset(expression=exp.Literal.number(offset)))
+            new.set("limit", exp.Limit(expression=exp.Literal.number(-1)))  # SQLite wants a LIMIT with it
+        if node.args.get("limit"):
+            raise ADQLError("LIMIT is not ADQL; use SELECT TOP n")
+        return new, outputs
+
+    def _multiset(self, node, left, left_out, right, right_out) -> exp.Select:
+        """INTERSECT ALL / EXCEPT ALL, which SQLite lacks: number the copies of each row, compare (row, n)."""
+
+        def numbered(query: exp.Expression, outputs: list[tuple[str, _Kind]]) -> exp.Select:
+            partition = [_column(n) for n, _ in outputs]
+            counter = exp.Window(this=_call("ROW_NUMBER"), partition_by=partition)
+            source = exp.Subquery(this=query, alias=exp.TableAlias(this=_ident(self._alias())))
+            return exp.Select(
+                expressions=[*partition, exp.Alias(this=counter, alias=_ident("_copy"))],
+                from_=exp.From(this=source),
+            )
+
+        pairs = type(node)(
+            this=numbered(left, left_out), expression=numbered(right, right_out), distinct=True
+        )
+        source = exp.Subquery(this=pairs, alias=exp.TableAlias(this=_ident(self._alias())))
+        return exp.Select(expressions=[_column(n) for n, _ in left_out], from_=exp.From(this=source))
+
+    def _operand(
+        self, node: exp.Expression, parent: _Scope | None, ctes: dict[str, _Cte]
+    ) -> tuple[exp.Expression, list[tuple[str, _Kind]]]:
+        inner, outputs = self.query(node, parent, ctes)
+        plain = isinstance(inner, exp.Select) and not any(
+            inner.args.get(k) for k in ("order", "limit", "offset", "with_")
+        )
+        return (inner if plain else self._wrap(inner)), outputs
+
+    def _select(
+        self, node: exp.Select, parent: _Scope | None, ctes: dict[str, _Cte]
+    ) -> tuple[exp.Select, list[tuple[str, _Kind]]]:
+        extra = [k for k, v in node.args.items() if v not in (None, [], False) and k not in _SELECT_ARGS]
+        if extra:
+            raise ADQLError(f"unsupported ADQL syntax: {', '.join(extra).upper()}")
+        distinct = node.args.get("distinct")
+        if distinct is not None and distinct.args.get("on"):
+            raise ADQLError("DISTINCT ON is not ADQL")
+        scope = _Scope(parent, ctes)
+        new = exp.Select()
+        if distinct is not None:
+            new.set("distinct", exp.Distinct())
+        from_ = node.args.get("from_")
+        if from_ is None:
+            raise ADQLError("an ADQL query needs a FROM clause")
+        new.set("from_", exp.From(this=self._source(from_.this, scope)))
+        new.set("joins", [self._join(join, scope) for join in node.args.get("joins") or []])
+
+        items, outputs = self._items(node.expressions, scope)
+        new.set("expressions", items)
+        if node.args.get("where"):
+            condition = node.args["where"].this
+            translated, _ = self.expr(condition, scope)
+            for bound in self._cone_bounds(condition, scope):
+                translated = exp.And(this=_paren(translated), expression=bound)
+            new.set("where", exp.Where(this=translated))
+        if node.args.get("group"):
+            group = [self.expr(e, scope, outputs)[0] for e in node.args["group"].expressions]
+            new.set("group", exp.Group(expressions=group))
+        if node.args.get("having"):
+            new.set("having", exp.Having(this=self.expr(node.args["having"].this, scope, outputs)[0]))
+        if node.args.get("order"):
+            new.set("order", self._order(node.args["order"], scope, outputs))
+        if node.args.get("limit") is not None:
+            if not node.args["limit"].meta.get("top"):
+                raise ADQLError("LIMIT is not ADQL; use SELECT TOP n")
+            new.set(
+                "limit",
+                exp.Limit(expression=exp.Literal.number(_count(node.args["limit"].expression, "TOP"))),
+            )
+        if node.args.get("offset") is not None:
+            offset = _count(node.args["offset"].expression, "OFFSET")
+            new.set("offset", exp.Offset(expression=exp.Literal.number(offset)))
+            if new.args.get("limit") is None:
+                new.set("limit", exp.Limit(expression=exp.Literal.number(-1)))
+        return new, outputs
+
+    def _items(
+        self, expressions: list[exp.Expression], scope: _Scope
+    ) -> tuple[list[exp.Expression], list[tuple[str, _Kind]]]:
+        """The select list: ``*`` expanded, every item aliased to its FIELD name (generated if none)."""
+        pending: list[tuple[exp.Expression, str | None, str, _Kind]] = []
+        for item in expressions:
+            if isinstance(item, exp.Star):
+                pending += self._star(scope, None)
+            elif isinstance(item, exp.Column) and isinstance(item.this, exp.Star):
+                pending += self._star(scope, _qualifier(item))
+            elif isinstance(item, exp.Alias):
+                translated, kind = self.expr(item.this, scope)
+                pending.append((translated, item.alias, item.alias, kind))
+            else:
+                translated, kind = self.expr(item, scope)
+                name = kind.meta.name if isinstance(item, exp.Column) and kind.meta else None
+                pending.append((translated, name, _base_name(item), kind))
+        taken = {name.lower() for _, name, _, _ in pending if name}
+        items, outputs = [], []
+        for translated, name, base, kind in pending:
+            if name is None:
+                name = base
+                n = 1
+                while name.lower() in taken:
+                    n += 1
+                    name = f"{base}_{n}"
+                taken.add(name.lower())
+            items.append(exp.Alias(this=translated, alias=_ident(name)))
+            outputs.append((name, kind if not kind.null else _TEXT))
+        return items, outputs
+
+    def _star(self, scope: _Scope, qualifier: list[exp.Identifier] | None) -> list:
+        sources = [s for s in scope.sources if qualifier is None or s.named(qualifier)]
+        if qualifier is not None and not sources:
+            raise ADQLError(f"unknown table or alias {'.'.join(q.name for q in qualifier)!r} in SELECT")
+        found, seen = [], set()
+        for source in sources:
+            for meta in source.columns:
+                shared = qualifier is None and meta.name.lower() in scope.shared
+                if shared and meta.name.lower() in seen:
+                    continue
+                seen.add(meta.name.lower())
+                node = _column(meta.name) if shared else self._emit(source, meta)
+                found.append((node, meta.name, meta.name, _kind_of(meta)))
+        return found
+
+    def _order(
+        self,
+        order: exp.Order,
+        scope: _Scope | None,
+        outputs: list[tuple[str, _Kind]],
+        set_operation: bool = False,
+    ) -> exp.Order:
+        ordered = []
+        for item in order.expressions:
+            target = item.this
+            if isinstance(target, exp.Literal) and not target.is_string:
+                position = _count(target, "ORDER BY position")
+                if not 1 <= position <= len(outputs):
+                    raise ADQLError(f"ORDER BY {position}: the query has {len(outputs)} columns")
+                translated = exp.Literal.number(position)
+            elif (alias := _output_ref(target, outputs)) is not None:
+                translated = alias
+            elif set_operation or scope is None:
+                raise ADQLError(f"ORDER BY of a set operation must name an output column: {target.sql()}")
+            else:
+                translated, _ = self.expr(target, scope, outputs)
+            desc = bool(item.args.get("desc"))
+            ordered.append(exp.Ordered(this=translated, desc=desc, nulls_first=not desc))
+        return exp.Order(expressions=ordered)
+
+    # -- FROM
+
+    def _source(self, node: exp.Expression, scope: _Scope) -> exp.Expression:
+        """Translate one FROM item, adding it to the scope."""
+        if isinstance(node, exp.Table):
+            if node.args.get("joins") or node.args.get("laterals") or node.args.get("pivots"):
+                raise ADQLError("unsupported FROM syntax")
+            alias = node.args.get("alias")
+            user_alias = alias.this if alias is not None else None
+            if alias is not None and alias.args.get("columns"):
+                raise ADQLError("column aliases on tables are not ADQL")
+            cte = self._cte(node, scope)
+            sql_alias = self._alias()
+            if cte is not None:
+                scope.sources.append(_Source(sql_alias, cte.columns, user_alias or cte.name, [cte.name.name]))
+                return exp.Table(this=_ident(cte.sql_name), alias=exp.TableAlias(this=_ident(sql_alias)))
+            meta = self._table(node)
+            scope.sources.append(_Source(sql_alias, meta.columns, user_alias, meta.name.split("."), True))
+            *db, name = meta.sql.split(".")
+            return exp.Table(
+                this=_ident(name),
+                db=_ident(db[0]) if db else None,
+                alias=exp.TableAlias(this=_ident(sql_alias)),
+            )
+        if isinstance(node, exp.Subquery):
+            alias = node.args.get("alias")
+            if alias is None:
+                raise ADQLError("a subquery in FROM needs an alias: (SELECT …) AS name")
+            inner, outputs = self.query(node.this, scope.parent, scope.ctes)
+            sql_alias = self._alias()
+            scope.sources.append(_Source(sql_alias, _metas(outputs), alias.this))
+            return exp.Subquery(this=inner, alias=exp.TableAlias(this=_ident(sql_alias)))
+        raise ADQLError(f"unsupported FROM item: {node.sql(dialect=ADQL)[:60]}")
+
+    def _cte(self, node: exp.Table, scope: _Scope) -> _Cte | None:
+        if node.args.get("db") or node.args.get("catalog"):
+            return None
+        cte = scope.ctes.get(node.this.name.lower())
+        if cte is None or not _same(node.this, cte.name.name, cte.name.quoted):
+            return None
+        return cte
+
+    def _table(self, node: exp.Table) -> TableMeta:
+        parts = [node.args[k] for k in ("catalog", "db", "this") if node.args.get(k) is not None]
+        name = ".".join(p.name for p in parts)
+        meta = self.tables.table(name)
+        if meta is None and len(parts) == 1:  # an unqualified name that is unique across schemas
+            candidates = [t for t in self.tables.tables if t.name.split(".")[-1].lower() == name.lower()]
+            meta = candidates[0] if len(candidates) == 1 else None
+        if meta is not None:
+            known = meta.name.split(".")[-len(parts) :]
+            if len(known) == len(parts) and all(_same(p, k) for p, k in zip(parts, known, strict=True)):
+                return meta
+        raise ADQLError(f"unknown table {name!r}")
+
+    def _join(self, join: exp.Join, scope: _Scope) -> exp.Join:
+        previous = list(scope.sources)
+        table = self._source(join.this, scope)
+        source = scope.sources[-1]
+        new = exp.Join(this=table, side=join.args.get("side"), kind=join.args.get("kind"))
+        method = (join.args.get("method") or "").upper()
+        if method and method != "NATURAL":
+            raise ADQLError(f"unsupported join {method}")
+        using = join.args.get("using") or []
+        names: list[str] = []
+        if method == "NATURAL":
+            left = {c.name.lower(): c.name for s in previous for c in s.columns}
+            names = [c.name for c in source.columns if c.name.lower() in left]
+            if not names and join.args.get("side"):
+                new.set("on", exp.EQ(this=exp.Literal.number(1), expression=exp.Literal.number(1)))
+        for ident in using:
+            ident = ident.this if isinstance(ident, exp.Column) else ident
+            mine = source.column(ident)
+            theirs = [s.column(ident) for s in previous if s.column(ident) is not None]
+            if mine is None or not theirs:
+                raise ADQLError(f"USING column {ident.name!r} is not in both joined tables")
+            names.append(mine.name)
+        if names:
+            new.set("using", [_ident(n) for n in names])
+            scope.shared.update(n.lower() for n in names)
+        if join.args.get("on") is not None:
+            new.set("on", self.expr(join.args["on"], scope)[0])
+        return new
+
+    # -- columns
+
+    def _emit(self, source: _Source, meta: ColumnMeta) -> exp.Expression:
+        if source.physical and meta.sql:
+            expression = sqlglot.parse_one(meta.sql, read="sqlite")
+            for column in expression.find_all(exp.Column):
+                column.set("table", _ident(source.sql_alias))
+            return exp.Paren(this=expression)
+        return _column(meta.name, source.sql_alias)
+
+    def _resolve(
+        self, node: exp.Column, scope: _Scope, outputs: list[tuple[str, _Kind]] | None
+    ) -> tuple[exp.Expression, _Kind]:
+        ident = node.this
+        if not isinstance(ident, exp.Identifier):
+            raise ADQLError(f"unsupported column reference {node.sql(dialect=ADQL)}")
+        qualifier = _qualifier(node)
+        level: _Scope | None = scope
+        qualifier_seen = False
+        while level is not None:
+            candidates = [s for s in level.sources if not qualifier or s.named(qualifier)]
+            qualifier_seen = qualifier_seen or bool(candidates)
+            found = [(s, s.column(ident)) for s in candidates if s.column(ident) is not None]
+            if len(found) > 1 and not qualifier:
+                if found[0][1].name.lower() in level.shared:
+                    return _column(found[0][1].name), _kind_of(found[0][1])
+                tables = ", ".join(s.label() for s, _ in found)
+                raise ADQLError(f"column {ident.name!r} is ambiguous: it is in {tables}")
+            if found:
+                source, meta = found[0]
+                return self._emit(source, meta), _kind_of(meta)
+            if qualifier and candidates:
+                break
+            level = level.parent
+        if not qualifier and outputs is not None:
+            alias = _output_ref(node, outputs)
+            if alias is not None:
+                return alias, next(k for n, k in outputs if n == alias.name)
+        if qualifier and not qualifier_seen:
+            raise ADQLError(f"unknown table or alias {'.'.join(q.name for q in qualifier)!r} in {node.sql()}")
+        where = f" in {'.'.join(q.name for q in qualifier)}" if qualifier else ""
+        raise ADQLError(f"unknown column {ident.name!r}{where}")
+
+    # -- expressions
+
+    def expr(
+        self, node: exp.Expression, scope: _Scope, outputs: list[tuple[str, _Kind]] | None = None
+    ) -> tuple[exp.Expression, _Kind]:
+        """Translate an expression; ``outputs`` makes select-list aliases visible (GROUP BY, HAVING)."""
+        sub = lambda n: self.expr(n, scope, outputs)  # noqa: E731
+        if isinstance(node, exp.Column):
+            return self._resolve(node, scope, outputs)
+        if isinstance(node, exp.Literal):
+            if node.is_string:
+                return exp.Literal.string(node.this), _TEXT
+            integer = re.fullmatch(r"\d+", node.this) is not None
+            return exp.Literal.number(node.this), _LONG if integer else _DOUBLE
+        if isinstance(node, exp.Null):
+            return exp.Null(), _NULL
+        if isinstance(node, exp.Paren):
+            inner, kind = sub(node.this)
+            return exp.Paren(this=inner), kind
+        if isinstance(node, exp.Neg):
+            inner, kind = sub(node.this)
+            return exp.Neg(this=inner), replace(_numeric(kind), unit=kind.unit)
+        if isinstance(node, _ARITHMETIC):
+            (left, lk), (right, rk) = sub(node.this), sub(node.expression)
+            new = type(node)(**{**node.args, "this": left, "expression": right})
+            unit = lk.unit if isinstance(node, exp.Add | exp.Sub) and lk.unit == rk.unit else None
+            return new, replace(_numeric(lk, rk), unit=unit)
+        if isinstance(node, exp.DPipe):
+            return exp.DPipe(this=sub(node.this)[0], expression=sub(node.expression)[0], safe=True), _TEXT
+        if isinstance(node, exp.EQ) and (rewritten := self._knn_equals(node, scope, outputs)) is not None:
+            return rewritten, _INT
+        if isinstance(node, exp.ILike):
+            left, right = sub(node.this)[0], sub(node.expression)[0]
+            return exp.Like(this=_call("adql_lower", left), expression=_call("adql_lower", right)), _INT
+        if isinstance(node, _PLAIN):
+            args = {k: self._arg(v, sub) for k, v in node.args.items()}
+            return type(node)(**args), _INT
+        if isinstance(node, exp.In):
+            return self._in(node, scope, sub), _INT
+        if isinstance(node, exp.Exists):
+            inner, _ = self.query(_unwrap(node.this), scope, scope.ctes)
+            return exp.Exists(this=inner), _INT
+        if isinstance(node, exp.Subquery):
+            inner, outs = self.query(node.this, scope, scope.ctes)
+            if len(outs) != 1:
+                raise ADQLError("a subquery used as a value must select exactly one column")
+            return exp.Subquery(this=inner), replace(outs[0][1], meta=None)
+        if isinstance(node, exp.Case):
+            return self._case(node, sub)
+        if isinstance(node, exp.Cast):
+            return self._cast(node, sub)
+        if isinstance(node, exp.Count | exp.Sum | exp.Avg | exp.Min | exp.Max):
+            return self._aggregate(node, sub)
+        if isinstance(node, exp.Coalesce):
+            parts = [sub(node.this)] + [sub(e) for e in node.expressions]
+            kind = _combine([k for _, k in parts])
+            if len(parts) == 1:
+                return parts[0]
+            return exp.Coalesce(this=parts[0][0], expressions=[p for p, _ in parts[1:]]), kind
+        if isinstance(node, exp.Anonymous):
+            return self._function(node, scope, outputs, sub)
+        raise ADQLError(f"unsupported ADQL syntax: {node.sql(dialect=ADQL)[:80]!r}")
+
+    @staticmethod
+    def _arg(value, sub):
+        if isinstance(value, exp.Expression):
+            return sub(value)[0]
+        if isinstance(value, list):
+            return [sub(v)[0] if isinstance(v, exp.Expression) else v for v in value]
+        return value
+
+    def _in(self, node: exp.In, scope: _Scope, sub) -> exp.In:
+        if node.args.get("unnest") or node.args.get("field"):
+            raise ADQLError("unsupported IN syntax")
+        new = exp.In(this=sub(node.this)[0])
+        if node.args.get("query") is not None:
+            inner, outs = self.query(_unwrap(node.args["query"]), scope, scope.ctes)
+            if len(outs) != 1:
+                raise ADQLError("a subquery after IN must select exactly one column")
+            new.set("query", exp.Subquery(this=inner))
+        else:
+            new.set("expressions", [sub(e)[0] for e in node.expressions])
+        return new
+
+    def _case(self, node: exp.Case, sub) -> tuple[exp.Expression, _Kind]:
+        kinds = []
+        ifs = []
+        for branch in node.args.get("ifs") or []:
+            result, kind = sub(branch.args["true"])
+            kinds.append(kind)
+            ifs.append(exp.If(this=sub(branch.this)[0], true=result))
+        new = exp.Case(ifs=ifs)
+        if node.this is not None:
+            new.set("this", sub(node.this)[0])
+        if node.args.get("default") is not None:
+            default, kind = sub(node.args["default"])
+            kinds.append(kind)
+            new.set("default", default)
+        return new, _combine(kinds)
+
+    def _cast(self, node: exp.Cast, sub) -> tuple[exp.Expression, _Kind]:
+        inner, kind = sub(node.this)
+        target: exp.DataType = node.args["to"]
+        if target.this in _CAST_TYPES:
+            sql_type, result = _CAST_TYPES[target.this]
+            return exp.Cast(this=inner, to=exp.DataType.build(sql_type)), replace(result, unit=kind.unit)
+        if target.this in (exp.DataType.Type.CHAR, exp.DataType.Type.VARCHAR):
+            params = target.expressions
+            text = exp.Cast(this=inner, to=exp.DataType.build("TEXT"))
+            if not params:
+                return text, _TEXT
+            length = _count(params[0].this if isinstance(params[0], exp.DataTypeParam) else params[0], "CHAR")
+            size = f"{length}*" if target.this == exp.DataType.Type.VARCHAR else str(length)
+            return _call("substr", text, exp.Literal.number(1), exp.Literal.number(length)), _Kind(
+                "char", size
+            )
+        if target.this == exp.DataType.Type.TIMESTAMP:
+            return _call("adql_timestamp", inner), _TIMESTAMP
+        raise ADQLError(
+            f"CAST to {target.sql()} is not supported (SMALLINT, INTEGER, BIGINT, REAL, "
+            "DOUBLE PRECISION, CHAR(n), VARCHAR(n), TIMESTAMP)"
+        )
+
+    def _aggregate(self, node: exp.Expression, sub) -> tuple[exp.Expression, _Kind]:
+        if node.expressions:
+            raise ADQLError(f"{node.key.upper()} takes one argument")
+        argument = node.this
+        if isinstance(argument, exp.Star):
+            if not isinstance(node, exp.Count):
+                raise ADQLError(f"{node.key.upper()}(*) is not ADQL")
+            return exp.Count(this=exp.Star()), _LONG
+        if isinstance(argument, exp.Distinct):
+            if len(argument.expressions) != 1:
+                raise ADQLError(f"{node.key.upper()}(DISTINCT …) takes one expression")
+            inner, kind = sub(argument.expressions[0])
+            translated: exp.Expression = exp.Distinct(expressions=[inner])
+        else:
+            translated, kind = sub(argument)
+        new = type(node)(this=translated)
+        if isinstance(node, exp.Count):
+            return new, _LONG
+        if isinstance(node, exp.Avg):
+            return new, replace(_DOUBLE, unit=kind.unit)
+        if isinstance(node, exp.Sum):
+            return new, replace(_numeric(kind), unit=kind.unit)
+        return new, replace(kind, meta=None)
+
+    # -- functions
+
+    def _function(self, node: exp.Anonymous, scope: _Scope, outputs, sub) -> tuple[exp.Expression, _Kind]:
+        name = str(node.this).upper()
+        args = list(node.expressions)
+        if any(isinstance(a, exp.Distinct | exp.Star) for a in args):
+            raise ADQLError(f"{name}: DISTINCT and * are only allowed in aggregates")
+        if name in _MATH:
+            sql_name, low, high, rule = _MATH[name]
+            if not low <= len(args) <= high:
+                raise ADQLError(f"{name} takes {_arity(low, high)} argument{'s' if high != 1 else ''}")
+            translated = [sub(a) for a in args]
+            if rule == "text":
+                kind = _TEXT
+            elif rule == _SAME:
+                kind = replace(_numeric(*[k for _, k in translated]), unit=translated[0][1].unit)
+            else:
+                kind = _DOUBLE
+            return _call(sql_name, *[t for t, _ in translated]), kind
+        if name in _GEOMETRY_FUNCTIONS:
+            return self._geometry(name, args, sub)
+        if name == "IN_UNIT":
+            return self._in_unit(args, sub)
+        if name == "ML_KNN":
+            return self._knn(args, sub)
+        if name == "ML_DISTANCE":
+            if len(args) not in (2, 3):
+                raise ADQLError("ml_distance takes (did, ref_did [, dims])")
+            if len(args) == 3:
+                _dims_literal(args[2])
+            return _call("ml_distance", *[sub(a)[0] for a in args]), _DOUBLE
+        raise ADQLError(f"unknown function {node.this!s}")
+
+    def _geometry(self, name: str, args: list[exp.Expression], sub) -> tuple[exp.Expression, _Kind]:
+        counts, result = _GEOMETRY_FUNCTIONS[name]
+        args = _strip_coordsys(name, args)
+        if counts is not None and len(args) not in counts:
+            allowed = " or ".join(str(c) for c in sorted(counts))
+            raise ADQLError(f"{name} takes {allowed} arguments (after the optional coordinate system)")
+        if name == "POLYGON" and len(args) < 3:
+            raise ADQLError("POLYGON needs at least three points (or six coordinates)")
+        kind = _GEOMETRY.get(result) or (_INT if result == "int" else replace(_DOUBLE, unit=_UNITS.get(name)))
+        if name == "CONTAINS" and (fast := self._in_circle(args, sub)) is not None:
+            return fast, kind
+        if name == "DISTANCE" and len(args) == 2:
+            points = [_point_args(a) for a in args]
+            if points[0] is not None and points[1] is not None:
+                args = [*points[0], *points[1]]
+        translated = [sub(a) for a in args]
+        numbers = name == "POINT" or (name == "DISTANCE" and len(args) == 4)
+        shapes = name in _SHAPE_ARGUMENTS or (name == "DISTANCE" and len(args) == 2)
+        for arg, (_, arg_kind) in zip(args, translated, strict=True):
+            geometric = arg_kind.xtype is not None or arg_kind.datatype == "char"
+            if numbers and geometric:
+                raise ADQLError(f"{name} expects numbers (degrees), not {arg.sql(dialect=ADQL)}")
+            if shapes and not geometric and not arg_kind.null:
+                raise ADQLError(
+                    f"{name} expects geometries (POINT, CIRCLE, POLYGON, a region), not {arg.sql()}"
+                )
+        if name == "DISTANCE" and len(args) == 4:
+            return _call("adql_distance4", *[t for t, _ in translated]), kind
+        return _call(f"adql_{name.lower()}", *[t for t, _ in translated]), kind
+
+    def _in_circle(self, args: list[exp.Expression], sub) -> exp.Expression | None:
+        """CONTAINS(POINT(a, b), CIRCLE(c, d, r)) as one call on plain numbers."""
+        point = _point_args(args[0])
+        circle = _circle_args(args[1])
+        if point is None or circle is None:
+            return None
+        return _call("adql_in_circle", *[sub(a)[0] for a in (*point, *circle)])
+
+    def _cone_bounds(self, condition: exp.Expression, scope: _Scope) -> list[exp.Expression]:
+        """``lat BETWEEN b - r AND b + r`` per literal cone in a top-level AND, so a lat index helps."""
+        bounds = []
+        for term in _conjuncts(condition):
+            cone = _cone(term)
+            if cone is None:
+                continue
+            column, center, radius = cone
+            translated, _ = self.expr(column, scope)
+            low, high = exp.Literal.number(repr(center - radius)), exp.Literal.number(repr(center + radius))
+            bounds.append(exp.Between(this=translated, low=low, high=high))
+        return bounds
+
+    def _in_unit(self, args: list[exp.Expression], sub) -> tuple[exp.Expression, _Kind]:
+        if len(args) != 2 or _string(args[1]) is None:
+            raise ADQLError("IN_UNIT takes (expression, 'unit') with the unit as a string literal")
+        value, kind = sub(args[0])
+        target = _string(args[1])
+        if not kind.unit:
+            raise ADQLError(f"IN_UNIT: {args[0].sql()} has no unit to convert from")
+        factor = _unit_factor(kind.unit, target)
+        return exp.Mul(this=exp.Paren(this=value), expression=exp.Literal.number(repr(factor))), replace(
+            _DOUBLE, unit=target
+        )
+
+    def _knn(self, args: list[exp.Expression], sub) -> tuple[exp.Expression, _Kind]:
+        if len(args) not in (3, 4):
+            raise ADQLError("ml_knn takes (did, ref_did, k [, dims])")
+        members = self._knn_members(args)
+        did = sub(args[0])[0]
+        if members is None:
+            return _call("ml_knn", did, *[sub(a)[0] for a in args[1:]]), _INT
+        inside = exp.In(this=did, expressions=[exp.Literal.string(d) for d in members])
+        case = exp.Case(ifs=[exp.If(this=inside, true=exp.Literal.number(1))], default=exp.Literal.number(0))
+        return case, _INT
+
+    def _knn_equals(self, node: exp.EQ, scope: _Scope, outputs) -> exp.Expression | None:
+        """``1 = ml_knn(x, 'ref', k)`` as ``x IN ('did1', …)``: neighbours found once, the index helps."""
+        for one, call in ((node.this, node.expression), (node.expression, node.this)):
+            if _number(one) == 1 and isinstance(call, exp.Anonymous) and str(call.this).upper() == "ML_KNN":
+                args = list(call.expressions)
+                if len(args) not in (3, 4):
+                    raise ADQLError("ml_knn takes (did, ref_did, k [, dims])")
+                members = self._knn_members(args)
+                if members is None:
+                    return None
+                did = self.expr(args[0], scope, outputs)[0]
+                return exp.In(this=did, expressions=[exp.Literal.string(d) for d in members])
+        return None
+
+    def _knn_members(self, args: list[exp.Expression]) -> list[str] | None:
+        """The neighbour DIDs when reference, k and dims are literals (checked either way)."""
+        ref = _string(args[1])
+        k_value = _number(args[2])
+        if k_value is not None and (k_value != int(k_value) or not 1 <= k_value <= _SIMILARITY_MAX_K):
+            raise ADQLError(
+                f"ml_knn: k must be an integer from 1 to {_SIMILARITY_MAX_K}, not {args[2].sql()}"
+            )
+        dims = _dims_literal(args[3]) if len(args) == 4 else None
+        literal_dims = len(args) == 3 or _string(args[3]) is not None
+        if ref is None or k_value is None or not literal_dims:
+            return None
+        if self.similarity is None:
+            raise ADQLError("ml_knn is not available: no model is in service")
+        try:
+            members = self.similarity.knn(ref, int(k_value), dims)
+        except ValueError as exc:
+            raise ADQLError(f"ml_knn: {exc}") from None
+        if members is None:
+            raise ADQLError(f"ml_knn: unknown reference DID {ref!r} (not in the archive or not encoded)")
+        return members
+
+
+_SHAPE_ARGUMENTS = {"CONTAINS", "INTERSECTS", "AREA", "CENTROID", "COORD1", "COORD2"}
+_UNITS = {"DISTANCE": "deg", "AREA": "deg**2", "COORD1": "deg", "COORD2": "deg"}
+
+
+def _arity(low: int, high: int) -> str:
+    return str(low) if low == high else f"{low} to {high}"
+
+
+def _paren(node: exp.Expression) -> exp.Expression:
+    return node if isinstance(node, exp.Paren) else exp.Paren(this=node)
+
+
+def _unwrap(node: exp.Expression) -> exp.Expression:
+    while isinstance(node, exp.Subquery) and not node.alias:
+        node = node.this
+    return node
+
+
+def _qualifier(node: exp.Column) -> list[exp.Identifier]:
+    return [node.args[k] for k in ("catalog", "db", "table") if node.args.get(k) is not None]
+
+
+def _output_ref(node: exp.Expression, outputs: list[tuple[str, _Kind]]) -> exp.Column | None:
+    """An unqualified name that is a select-list output (ORDER BY alias)."""
+    if not isinstance(node, exp.Column) or _qualifier(node) or not isinstance(node.this, exp.Identifier):
+        return None
+    for name, _ in outputs:
+        if _same(node.this, name):
+            return _column(name)
+    return None
+
+
+def _base_name(node: exp.Expression) -> str:
+    """A generated FIELD name for an unaliased expression: the function's name, else ``expr``."""
+    if isinstance(node, exp.Anonymous):
+        name = str(node.this).lower()
+    elif isinstance(node, exp.Count | exp.Sum | exp.Avg | exp.Min | exp.Max | exp.Coalesce):
+        name = node.key.lower()
+    else:
+        name = "expr"
+    return name if re.fullmatch(r"[a-z][a-z0-9_]*", name) else "expr"
+
+
+def _kind_of(meta: ColumnMeta) -> _Kind:
+    return _Kind(meta.datatype, meta.arraysize, meta.xtype, meta.unit, meta)
+
+
+def _metas(outputs: list[tuple[str, _Kind]]) -> list[ColumnMeta]:
+    """Columns of a derived table or CTE: metadata travels with them (minus any SQL expression)."""
+    metas = []
+    for name, kind in outputs:
+        if kind.meta is not None:
+            metas.append(replace(kind.meta, name=name, sql=None))
+        else:
+            metas.append(ColumnMeta(name, kind.datatype, kind.arraysize, kind.xtype, kind.unit))
+    return metas
+
+
+def _strip_coordsys(name: str, args: list[exp.Expression]) -> list[exp.Expression]:
+    """Drop a leading coordinate-system literal (ADQL 2.0 style); only ICRS (or '') is accepted."""
+    if name not in _HAS_COORDSYS or not args or _string(args[0]) is None:
+        return args
+    system = _string(args[0]) or ""
+    words = system.split()
+    if words and words[0].upper() not in ("ICRS", "UNKNOWNFRAME"):
+        raise ADQLError(f"coordinate system {system!r} is not supported; use 'ICRS' or ''")
+    return args[1:]
+
+
+def _call_args(node: exp.Expression, name: str) -> list[exp.Expression] | None:
+    if isinstance(node, exp.Anonymous) and str(node.this).upper() == name:
+        return _strip_coordsys(name, list(node.expressions))
+    return None
+
+
+def _point_args(node: exp.Expression) -> list[exp.Expression] | None:
+    args = _call_args(node, "POINT")
+    return args if args is not None and len(args) == 2 else None
+
+
+def _circle_args(node: exp.Expression) -> list[exp.Expression] | None:
+    args = _call_args(node, "CIRCLE")
+    if args is None:
+        return None
+    if len(args) == 3:
+        return args
+    if len(args) == 2 and (center := _point_args(args[0])) is not None:
+        return [*center, args[1]]
+    return None
+
+
+def _conjuncts(node: exp.Expression):
+    if isinstance(node, exp.And):
+        yield from _conjuncts(node.this)
+        yield from _conjuncts(node.expression)
+    elif isinstance(node, exp.Paren):
+        yield from _conjuncts(node.this)
+    else:
+        yield node
+
+
+def _cone(term: exp.Expression) -> tuple[exp.Column, float, float] | None:
+    """(latitude column, centre latitude, radius) of ``1 = CONTAINS(POINT(ra, dec), CIRCLE(…))`` or
+    ``DISTANCE(POINT(ra, dec), POINT(a, b)) < r`` with literal centre and radius."""
+    pairs: list[tuple[exp.Expression, exp.Expression]] = []
+    if isinstance(term, exp.EQ):
+        pairs = [(term.this, term.expression), (term.expression, term.this)]
+        for one, call in pairs:
+            args = _call_args(call, "CONTAINS") if _number(one) == 1 else None
+            if args and len(args) == 2:
+                point, circle = _point_args(args[0]), _circle_args(args[1])
+                if point and circle and isinstance(point[1], exp.Column):
+                    center, radius = _number(circle[1]), _number(circle[2])
+                    if center is not None and radius is not None and _number(circle[0]) is not None:
+                        return point[1], center, radius
+        return None
+    if isinstance(term, exp.LT | exp.LTE):
+        distance, limit = term.this, term.expression
+    elif isinstance(term, exp.GT | exp.GTE):
+        distance, limit = term.expression, term.this
+    else:
+        return None
+    radius = _number(limit)
+    args = _call_args(distance, "DISTANCE")
+    if radius is None or args is None:
+        return None
+    if len(args) == 2:
+        points = [_point_args(a) for a in args]
+        if not all(points):
+            return None
+        args = [c for p in points for c in p]  # type: ignore[union-attr]
+    if len(args) != 4:
+        return None
+    for column, literal in ((args[1], args[3]), (args[3], args[1])):
+        center = _number(literal)
+        if isinstance(column, exp.Column) and center is not None:
+            return column, center, radius
+    return None
+
+
+def _dims_literal(node: exp.Expression) -> list[int] | None:
+    """``dims`` of the similarity functions: '0 3 5' or '0,3,5' (checked when it is a literal)."""
+    text = _string(node)
+    if text is None:
+        return None
+    return parse_dims(text)
+
+
+def parse_dims(text: str | None) -> list[int] | None:
+    """Latent dimension numbers from '0 3 5' or '0,3,5'; empty means the default."""
+    if text is None:
+        return None
+    words = [w for w in re.split(r"[\s,]+", text.strip()) if w]
+    if not words:
+        return None
+    try:
+        dims = [int(w) for w in words]
+    except ValueError:
+        raise ADQLError(f"dims must be latent dimension numbers like '0 3 5', not {text!r}") from None
+    if any(d < 0 for d in dims) or len(set(dims)) != len(dims):
+        raise ADQLError(f"dims must be distinct non-negative dimension numbers, not {text!r}")
+    return dims
+
+
+def _unit_factor(source: str, target: str) -> float:
+    """The factor IN_UNIT multiplies by (VOUnit strings, as in TAP_SCHEMA)."""
+    from astropy import units
+
+    def unit(text: str):
+        for fmt in ("vounit", "generic"):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", units.UnitsWarning)
+                    return units.Unit(text, format=fmt)
+            except ValueError:
+                continue
+        raise ADQLError(f"IN_UNIT: unknown unit {text!r}")
+
+    try:
+        return float(unit(source).to(unit(target)))
+    except units.UnitConversionError:
+        raise ADQLError(f"IN_UNIT: cannot convert {source} to {target}") from None
+
+
+# -- SQL functions ------------------------------------------------------------------------------
+
+_errors = threading.local()
+
+
+def function_error() -> DALIError | None:
+    """The error a Python SQL function raised during the last statement on this thread (then cleared)."""
+    error = getattr(_errors, "value", None)
+    _errors.value = None
+    return error
+
+
+def _captured(name: str, function: Callable) -> Callable:
+    """Keep the message of an exception raised inside SQLite (which only reports that one occurred)."""
+
+    def call(*args):
+        try:
+            return function(*args)
+        except DALIError as exc:
+            _errors.value = exc
+            raise
+        except (ValueError, TypeError, OverflowError, ZeroDivisionError) as exc:
+            _errors.value = ADQLError(f"{name}: {exc}")
+            raise
+
+    return call
+
+
+def _numeric_function(function: Callable) -> Callable:
+    """NULL in, NULL out; outside the domain (LOG(-1), SQRT(-1)) gives NULL as SQLite's own math does."""
+
+    def call(*args):
+        if any(a is None for a in args):
+            return None
+        try:
+            return function(*args)
+        except (ValueError, ZeroDivisionError):
+            return None
+
+    return call
+
+
+def _round(x, n=0):
+    """ROUND half away from zero (as SQL does), to n decimals; integers stay integers."""
+    if isinstance(x, int) and n >= 0:
+        return x
+    factor = 10.0 ** int(n)
+    value = math.floor(abs(x) * factor + 0.5) / factor
+    return math.copysign(value, x) if value else 0.0
+
+
+def _truncate(x, n=0):
+    if isinstance(x, int) and n >= 0:
+        return x
+    factor = 10.0 ** int(n)
+    return math.trunc(x * factor) / factor
+
+
+def _mod(x, y):
+    if isinstance(x, int) and isinstance(y, int):
+        return int(math.fmod(x, y))
+    return math.fmod(x, y)
+
+
+def _same_type(function: Callable) -> Callable:
+    return lambda x: x if isinstance(x, int) else float(function(x))
+
+
+def _rand(seed=None):
+    return random.Random(seed).random() if seed is not None else random.random()
+
+
+def _timestamp(value) -> str:
+    """CAST(x AS TIMESTAMP): an ISO date or date-time as the DALI form ``YYYY-MM-DDThh:mm:ss[.fff]``."""
+    text = str(value).strip().replace(" ", "T").rstrip("Z")
+    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?", text)
+    if not match:
+        raise ADQLError(f"cannot read {value!r} as a timestamp (YYYY-MM-DD[Thh:mm:ss])")
+    date, clock, seconds = match.group(1), match.group(2), match.group(3)
+    if clock is None:
+        return date + "T00:00:00"
+    return date + clock + ("" if seconds else ":00")
+
+
+_PYTHON_FUNCTIONS: dict[str, tuple[Callable, int]] = {
+    "adql_ceiling": (_same_type(math.ceil), 1),
+    "adql_floor": (_same_type(math.floor), 1),
+    "adql_round": (_round, -1),
+    "adql_truncate": (_truncate, -1),
+    "adql_mod": (_mod, 2),
+    "adql_degrees": (math.degrees, 1),
+    "adql_radians": (math.radians, 1),
+    "adql_exp": (math.exp, 1),
+    "adql_log": (math.log, 1),
+    "adql_log10": (math.log10, 1),
+    "adql_sqrt": (math.sqrt, 1),
+    "adql_power": (lambda x, y: float(math.pow(x, y)), 2),
+    "adql_pi": (lambda: math.pi, 0),
+    "adql_acos": (math.acos, 1),
+    "adql_asin": (math.asin, 1),
+    "adql_atan": (math.atan, 1),
+    "adql_atan2": (math.atan2, 2),
+    "adql_cos": (math.cos, 1),
+    "adql_cot": (lambda x: 1.0 / math.tan(x), 1),
+    "adql_sin": (math.sin, 1),
+    "adql_tan": (math.tan, 1),
+    "adql_lower": (lambda s: str(s).lower(), 1),
+    "adql_upper": (lambda s: str(s).upper(), 1),
+    "adql_timestamp": (_timestamp, 1),
+}
+
+
+def register_functions(conn: sqlite3.Connection, similarity: SimilarityHooks | None = None) -> None:
+    """Prepare a connection for translated ADQL: math, string, geometry and similarity functions.
+
+    Also makes LIKE case-sensitive, as ADQL's LIKE is (ILIKE is the case-insensitive one).
+    """
+    conn.execute("PRAGMA case_sensitive_like = ON")
+    for name, (function, nargs) in _PYTHON_FUNCTIONS.items():
+        conn.create_function(name, nargs, _captured(name, _numeric_function(function)), deterministic=True)
+    conn.create_function("adql_rand", -1, _captured("RAND", _rand))
+    geometry.register(conn, wrap=lambda f: _captured(f.__name__.replace("sql_", "").upper(), f))
+    knn, distance = _similarity_functions(similarity)
+    conn.create_function("ml_knn", -1, _captured("ml_knn", knn), deterministic=True)
+    conn.create_function("ml_distance", -1, _captured("ml_distance", distance), deterministic=True)
+
+
+def _similarity_functions(similarity: SimilarityHooks | None) -> tuple[Callable, Callable]:
+    """Per-row ml_knn and ml_distance (used when their arguments are not literals)."""
+    neighbour_sets: dict[tuple, frozenset[str]] = {}
+
+    def hooks() -> SimilarityHooks:
+        if similarity is None:
+            raise ADQLError("similarity functions are not available: no model is in service")
+        return similarity
+
+    def knn(did, ref_did, k, dims=None):
+        if did is None or ref_did is None or k is None:
+            return 0
+        if not isinstance(k, int) or not 1 <= k <= _SIMILARITY_MAX_K:
+            raise ADQLError(f"ml_knn: k must be an integer from 1 to {_SIMILARITY_MAX_K}, not {k!r}")
+        chosen = parse_dims(dims)
+        key = (ref_did, k, tuple(chosen) if chosen else None)
+        if key not in neighbour_sets:
+            try:
+                found = hooks().knn(str(ref_did), k, chosen)
+            except ValueError as exc:
+                raise ADQLError(f"ml_knn: {exc}") from None
+            neighbour_sets[key] = frozenset(found or ())
+        return int(did in neighbour_sets[key])
+
+    def distance(did, ref_did, dims=None):
+        if did is None or ref_did is None:
+            return None
+        try:
+            return hooks().distance(str(did), str(ref_did), parse_dims(dims))
+        except ValueError as exc:
+            raise ADQLError(f"ml_distance: {exc}") from None
+
+    return knn, distance

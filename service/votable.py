@@ -1,0 +1,252 @@
+"""VOTable documents for every protocol: results, errors, service descriptors.
+
+Built with astropy.io.votable so the output is what astropy (and so pyvo) reads back; one
+place decides the VOTable version, the status INFOs and the serialisation.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.io.votable.exceptions import W03, VOWarning
+from astropy.io.votable.tree import Field, Group, Info, Param, Resource, TableElement, Values, VOTableFile
+
+VOTABLE_VERSION = "1.4"
+VOTABLE_MIME = "application/x-votable+xml"
+DATALINK_MIME = "application/x-votable+xml;content=datalink"
+
+
+def new_document() -> VOTableFile:
+    return VOTableFile(version=VOTABLE_VERSION)
+
+
+def info(name: str, value: str, content: str | None = None, **attrs: str) -> Info:
+    """An INFO without the XML ID astropy would add (IDs must be unique in a document)."""
+    element = Info(name=name, value=value, **attrs)
+    element.ID = None
+    if content:
+        element.content = content
+    return element
+
+
+def results_resource(document: VOTableFile, status: str = "OK", message: str | None = None) -> Resource:
+    """The one ``RESOURCE type="results"`` with its leading QUERY_STATUS INFO."""
+    resource = Resource(type="results")
+    resource.infos.append(info("QUERY_STATUS", status, message))
+    document.resources.append(resource)
+    return resource
+
+
+def error_document(message: str) -> bytes:
+    """A DALI error document: QUERY_STATUS=ERROR with the message as INFO content, no TABLE."""
+    document = new_document()
+    results_resource(document, "ERROR", message or "error")
+    return serialise(document)
+
+
+@dataclass
+class Column:
+    """What a FIELD needs; built from table metadata (resources/) or by protocol code."""
+
+    name: str
+    datatype: str
+    arraysize: str | None = None
+    unit: str | None = None
+    ucd: str | None = None
+    utype: str | None = None
+    xtype: str | None = None
+    description: str | None = None
+    ID: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def field(self, document: VOTableFile) -> Field:
+        element = Field(
+            document,
+            name=self.name,
+            datatype=self.datatype,
+            arraysize=self.arraysize,
+            unit=self.unit,
+            ucd=self.ucd,
+            utype=self.utype,
+            xtype=self.xtype,
+            ID=self.ID,
+        )
+        if self.description:
+            element.description = self.description
+        return element
+
+
+def add_table(
+    resource: Resource,
+    document: VOTableFile,
+    columns: Sequence[Column],
+    rows: Iterable[Sequence],
+    name: str = "results",
+) -> TableElement:
+    """A TABLE with these FIELDs and rows (None = null) appended to ``resource``."""
+    table = TableElement(document, name=name)
+    table.fields.extend(c.field(document) for c in columns)
+    rows = list(rows)
+    table.create_arrays(nrows=len(rows))
+    for i, row in enumerate(rows):
+        values, masks = [], []
+        for column, value in zip(columns, row, strict=True):
+            missing = value is None or (isinstance(value, float) and np.isnan(value))
+            values.append(_default(column) if missing else value)
+            masks.append(missing)
+        table.array[i] = tuple(values)
+        table.array.mask[i] = tuple(masks)
+    resource.tables.append(table)
+    return table
+
+
+def _default(column: Column):
+    """A placeholder of the right type for a null cell (masked on output)."""
+    if column.datatype in ("char", "unicodeChar"):
+        return ""
+    if column.arraysize and column.datatype not in ("char", "unicodeChar"):
+        size = column.arraysize.rstrip("*") or "0"
+        return np.zeros(int(size) if size.isdigit() else 0)
+    if column.datatype == "boolean":
+        return False
+    return 0
+
+
+def param(
+    document: VOTableFile,
+    name: str,
+    value: str = "",
+    datatype: str = "char",
+    arraysize: str | None = "*",
+    ucd: str | None = None,
+    utype: str | None = None,
+    unit: str | None = None,
+    ref: str | None = None,
+    description: str | None = None,
+    xtype: str | None = None,
+) -> Param:
+    with warnings.catch_warnings():  # W03: astropy derives an ID from names like INPUT:POS; dropped below
+        warnings.simplefilter("ignore", W03)
+        element = Param(
+            document,
+            name=name,
+            value=value,
+            datatype=datatype,
+            arraysize=arraysize,
+            ucd=ucd,
+            utype=utype,
+            unit=unit,
+            ref=ref,
+            xtype=xtype,
+        )
+    element.ID = None
+    if description:
+        element.description = description
+    return element
+
+
+@dataclass
+class InputParam:
+    """One input parameter of a service descriptor (DataLink 1.1 §4)."""
+
+    name: str
+    datatype: str = "char"
+    arraysize: str | None = "*"
+    value: str = ""
+    ref: str | None = None
+    unit: str | None = None
+    ucd: str | None = None
+    xtype: str | None = None
+    description: str | None = None
+    minimum: str | None = None
+    maximum: str | None = None
+    options: Sequence[str] = ()
+
+
+class _BlankOutput:
+    """A PARAM converter that writes the empty value as "" (floating-point converters cannot)."""
+
+    def __init__(self, converter) -> None:
+        self._converter = converter
+
+    def output(self, value, mask):
+        return "" if isinstance(value, str) and value == "" else self._converter.output(value, mask)
+
+    def __getattr__(self, name: str):
+        return getattr(self._converter, name)
+
+
+def input_param(document: VOTableFile, spec: InputParam) -> Param:
+    """The PARAM of one input parameter, with MIN/MAX/OPTIONs (descriptors, SSAP's INPUT: PARAMs)."""
+    element = param(
+        document,
+        spec.name,
+        spec.value,
+        spec.datatype,
+        spec.arraysize,
+        ucd=spec.ucd,
+        unit=spec.unit,
+        ref=spec.ref,
+        description=spec.description,
+        xtype=spec.xtype,
+    )
+    if spec.value == "" and spec.datatype not in ("char", "unicodeChar"):
+        # A user-chosen numeric input has the empty value="" (DL-11); astropy would write "0" or "NaN".
+        element._value = ""
+        element.converter = _BlankOutput(element.converter)
+    if spec.minimum is not None or spec.maximum is not None or spec.options:
+        values = Values(document, element)
+        if spec.minimum is not None:
+            values.min = spec.minimum
+        if spec.maximum is not None:
+            values.max = spec.maximum
+        for option in spec.options:
+            values.options.append((option, option) if isinstance(option, str) else option)
+        element.values = values
+    return element
+
+
+def service_descriptor(
+    document: VOTableFile,
+    ID: str,
+    access_url: str,
+    description: str,
+    inputs: Sequence[InputParam],
+    standard_id: str | None = None,
+    content_type: str | None = None,
+    example_url: str | None = None,
+    name: str | None = None,
+) -> Resource:
+    """A ``RESOURCE type="meta" utype="adhoc:service"`` describing how to call a service."""
+    resource = Resource(type="meta", utype="adhoc:service", ID=ID)
+    resource.name = name or ID
+    # astropy's Resource.to_xml writes only ID/type/utype, so ``name`` goes out as an extra attribute.
+    resource.extra_attributes["name"] = resource.name
+    resource.description = description
+    resource.params.append(param(document, "accessURL", access_url, ucd="meta.ref.url"))
+    if standard_id:
+        resource.params.append(param(document, "standardID", standard_id))
+    if content_type:
+        resource.params.append(param(document, "contentType", content_type))
+    if example_url:
+        resource.params.append(param(document, "exampleURL", example_url))
+    group = Group(document, name="inputParams")
+    group.ID = None  # astropy derives ID="inputParams" from the name; XML IDs must be unique (X-17)
+    for spec in inputs:
+        element = input_param(document, spec)
+        group.entries.append(element)
+    resource.groups.append(group)
+    return resource
+
+
+def serialise(document: VOTableFile, tabledata_format: str = "tabledata") -> bytes:
+    """Write the document; ``tabledata_format`` is ``tabledata``, ``binary`` or ``binary2``."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VOWarning)
+        document.to_xml(buffer, tabledata_format=tabledata_format)
+    return buffer.getvalue()
