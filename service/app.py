@@ -69,5 +69,8 @@ def server_error(exc: Exception) -> Response:
 
 
 def server_header(response: Response) -> Response:
-    response.headers["Server"] = SERVER_HEADER
+    # Under gunicorn the header is written by gunicorn itself (service/server.py); a second
+    # one from the application would be sent as a duplicate.
+    if not request.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):
+        response.headers["Server"] = SERVER_HEADER
     return response

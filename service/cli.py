@@ -38,10 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = verbs.add_parser(verb, help=text)
         p.add_argument("--model-version", type=int, help="default: the newest version")
 
-    p = verbs.add_parser(
-        "demo", help="build the bundled demo archive (ingest, train, encode, analyse, index)"
-    )
+    p = verbs.add_parser("serve", help="serve the archive over the IVOA protocols (gunicorn)")
+    add_server_options(p)
+
+    p = verbs.add_parser("demo", help="build the bundled demo archive and serve it")
     p.add_argument("--root", help="archive directory (default from resources/demo/demo.toml)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if the demo archive exists")
+    p.add_argument("--no-serve", action="store_true", help="stop after building the archive")
+    add_server_options(p)
     return parser
 
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import logging
 
+import gunicorn.http.wsgi
 from gunicorn.app.base import BaseApplication
 
-from service.app import create_app
+from service.app import SERVER_HEADER, create_app
+
+# gunicorn writes its own Server header before the application's, so a client would see
+# "gunicorn" (taplint warns about a Server header naming only the HTTP software); it offers
+# no setting for it, so the module constant its responses read is replaced here.
+gunicorn.http.wsgi.SERVER = SERVER_HEADER
 
 log = logging.getLogger(__name__)
 
