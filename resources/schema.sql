@@ -151,3 +151,32 @@ CREATE TABLE IF NOT EXISTS ml_label_correlation (
     n_spectra     INTEGER,
     PRIMARY KEY (model_version, dim, label)
 );
+
+-- == UWS jobs ==
+-- TAP asynchronous jobs (/tap/async, UWS 1.1). Written only by the service
+-- (service/tap/jobs.py runs this section on its own read-write connection, so archives built
+-- before it existed get the table too); never published in TAP_SCHEMA. Instants are UTC
+-- text YYYY-MM-DDThh:mm:ss.fffZ (fixed width: they sort as text).
+CREATE TABLE IF NOT EXISTS uws_job (
+    job_id             TEXT PRIMARY KEY,
+    run_id             TEXT,
+    phase              TEXT NOT NULL,
+    creation_time      TEXT NOT NULL,
+    start_time         TEXT,
+    end_time           TEXT,
+    -- seconds the job may run (0 = unlimited)
+    execution_duration INTEGER NOT NULL,
+    destruction        TEXT NOT NULL,
+    -- {NAME: [values]} as JSON; inline uploads are files in <root>/jobs/<job_id>/uploads/
+    parameters         TEXT NOT NULL,
+    error_type         TEXT,
+    error_message      TEXT,
+    result_mime        TEXT,
+    result_size        INTEGER,
+    -- host:pid of the process running the job, and when it last said it still does (unix s)
+    runner             TEXT,
+    heartbeat          REAL
+);
+CREATE INDEX IF NOT EXISTS uws_job_phase ON uws_job (phase);
+CREATE INDEX IF NOT EXISTS uws_job_creation ON uws_job (creation_time);
+CREATE INDEX IF NOT EXISTS uws_job_destruction ON uws_job (destruction);

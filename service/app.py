@@ -28,7 +28,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["latentvo"] = ServiceState(config)
     app.teardown_appcontext(close_archive)
 
-    from service import data, datalink, ssap, web
+    from service import data, datalink, similar, ssap, web
     from service.tap import blueprint as tap
 
     app.register_blueprint(web.bp)
@@ -37,6 +37,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(datalink.bp, url_prefix="/datalink")
     app.register_blueprint(datalink.rdf_bp)
     app.register_blueprint(data.bp, url_prefix="/data")
+    app.register_blueprint(similar.bp, url_prefix="/similar")
 
     app.register_error_handler(DALIError, dali_error)
     app.register_error_handler(HTTPException, http_error)

@@ -179,6 +179,50 @@ def self_descriptor(document: VOTableFile) -> Resource:
     return resource
 
 
+def upload_similarity_descriptor(document: VOTableFile) -> Resource:
+    """Descriptor of /similar (service/similar.py), beside {links}' self-description: search the
+    archive with a spectrum of one's own. No standardID: it is our service, not a standard one.
+    """
+    return service_descriptor(
+        document,
+        "latentvo_similar_upload",
+        state().url("similar"),
+        "Archive spectra most similar to a spectrum you send, in the model's latent space: POST the "
+        "file (FITS image or table, SDSS or LAMOST spec file, Spectrum-DM VOTable, CSV) as the "
+        "multipart/form-data part FILE, or as the request body with its Content-Type; or give the ID "
+        "of an archive spectrum. PARAMs of the answer give the spectrum's own latent coordinates and "
+        "the fraction of the model's wavelength grid it covers.",
+        [
+            InputParam("FILE", description="The spectrum file, sent as the multipart part FILE"),
+            InputParam(
+                "ID", ucd="meta.id;meta.main", description="Instead of a file: an archive spectrum's DID"
+            ),
+            InputParam(
+                "K",
+                datatype="int",
+                arraysize=None,
+                minimum="1",
+                maximum=str(MAX_K),
+                description=f"Number of similar spectra to return (default {default_k()})",
+            ),
+            InputParam(
+                "DIMS",
+                description="Latent dimensions to compare along (default: the similarity dimensions)",
+            ),
+            InputParam("WEIGHTS", description="One non-negative weight per dimension of DIMS"),
+            InputParam(
+                "INDEX",
+                datatype="int",
+                arraysize=None,
+                minimum="0",
+                description="Which spectrum of a file holding several (0 = the first)",
+            ),
+        ],
+        content_type=VOTABLE_MIME,
+        name="latentvo similarity search with your own spectrum",
+    )
+
+
 def dims_description(served: ServedModel) -> str:
     """DIMS help: the informative dimensions and how much each tells about each physical label."""
     carried: dict[int, list[str]] = {}
@@ -223,6 +267,7 @@ def links() -> Response:
             document.resources.append(similarity_descriptor(document, descriptor_id, did, builder.dims_text))
         if not ids:
             document.resources.append(self_descriptor(document))
+            document.resources.append(upload_similarity_descriptor(document))
 
     return write_result(
         LINK_COLUMNS,

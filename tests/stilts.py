@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 import requests
 
-#: taplint stages for the synchronous service; LOC (ObsLocTAP) does not apply to an archive.
-TAPLINT_STAGES = "TMV TME TMS TMC CPV CAP AVV QGE QPO MDQ OBS EXA"
+#: taplint stages, async (QAS UWS) and uploads (UPL) included; LOC (ObsLocTAP) does not apply to an archive.
+TAPLINT_STAGES = "TMV TME TMS TMC CPV CAP AVV QGE QPO QAS UWS MDQ OBS UPL EXA"
 _REPORT = re.compile(r"^([EWIFS])-([A-Z]{3})-([A-Z0-9]{4})-?\d*\s+(.*)$")
 _TOTALS = re.compile(r"Totals:\s+Errors:\s*(\d+);\s*Warnings:\s*(\d+);.*Failures:\s*(\d+)")
 
@@ -75,20 +75,26 @@ def taplint(tap_url: str, stages: str = TAPLINT_STAGES, maxrepeat: int = 9) -> R
 def votlint(url: str) -> Report:
     """votlint on the document a GET of ``url`` returns (saved first, so HTTP errors are visible)."""
     response = requests.get(url, timeout=120)
+    report = votlint_content(response.content, url)
+    if response.status_code != 200:
+        report.errors.append(f"HTTP {response.status_code}")
+    return report
+
+
+def votlint_content(content: bytes, target: str) -> Report:
+    """votlint on a VOTable already fetched (a POST answer, say); ``target`` names it in the report."""
     with tempfile.NamedTemporaryFile(suffix=".vot", delete=False) as handle:
-        handle.write(response.content)
+        handle.write(content)
     try:
         output = _run(["votlint", f"votable={handle.name}"])
     finally:
         Path(handle.name).unlink()
-    report = Report("votlint", url, output=output)
+    report = Report("votlint", target, output=output)
     for line in output.splitlines():
         if line.startswith("ERROR") or " ERROR " in line:
             report.errors.append(line.strip())
         elif line.startswith("WARNING"):
             report.warnings.append(line.strip())
-    if response.status_code != 200:
-        report.errors.append(f"HTTP {response.status_code}")
     return report
 
 

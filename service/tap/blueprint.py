@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("tap", __name__)
 
-from service.tap import metadata, sync  # noqa: E402,F401  (modules attach their routes to bp)
+from service.tap import metadata, sync, uws  # noqa: E402,F401  (modules attach their routes to bp)

@@ -104,9 +104,12 @@ OUTPUT_FORMATS = (
     OutputFormatSpec("text/csv;header=present", ("csv",)),
     OutputFormatSpec("text/tab-separated-values", ("tsv",)),
 )
-#: Upload methods (TAP-25). Declare both inline and http only once TAP_UPLOAD works:
-#: (f"{TAPREGEXT}#upload-inline", f"{TAPREGEXT}#upload-http").
-UPLOAD_METHODS: tuple[str, ...] = ()
+#: Upload methods (TAP-25): multipart parts (param:x) and http(s) URLs (service.tap.upload).
+UPLOAD_METHODS: tuple[str, ...] = (
+    f"{TAPREGEXT}#upload-inline",
+    f"{TAPREGEXT}#upload-http",
+    f"{TAPREGEXT}#upload-https",
+)
 
 
 # -- capabilities and availability --------------------------------------------------------------
@@ -152,13 +155,12 @@ def tap_capability(config: dict) -> ET.Element:
             vosi.sub(output, "alias", alias)
     for method in UPLOAD_METHODS:
         vosi.sub(element, "uploadMethod", ivo_id=method)
-    if section.get("job_retention"):
-        _limits(element, "retentionPeriod", section["job_retention"], section["job_retention"])
-    timeout = int(section["sync_timeout"])
-    _limits(element, "executionDuration", timeout, timeout)
+    _limits(element, "retentionPeriod", section["job_retention"], section["job_retention"])
+    # Async jobs' limits (pyvo waits this long for a job); sync queries stop after sync_timeout.
+    _limits(element, "executionDuration", section["job_duration"], section["job_max_duration"])
     _limits(element, "outputLimit", section["default_maxrec"], section["hard_maxrec"], unit="row")
     if UPLOAD_METHODS:
-        vosi.sub(vosi.sub(element, "uploadLimit"), "hard", section["max_request_bytes"], unit="byte")
+        vosi.sub(vosi.sub(element, "uploadLimit"), "hard", section["upload_limit"], unit="byte")
     return element
 
 

@@ -1,15 +1,16 @@
 """TAP ``/tap/sync``: run one ADQL query on the read-only archive and answer with the result table.
 
-:func:`run_query` (translate, execute under a time limit, turn cells into DALI values) and
-:func:`result_response` are what the sync endpoint is made of, and what an asynchronous job
-runner or TAP_UPLOAD (extra tables) can reuse.
+:func:`run_tap` is the one way a TAP query request is answered, synchronously here and by an
+asynchronous job (service.tap.jobs): check the parameters (:func:`tap_request`), load the
+TAP_UPLOAD tables (service.tap.upload), run the query under a time limit (:func:`run_query`:
+translate, execute, turn cells into DALI values) and write the result (:func:`result_response`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from astropy.io.votable.tree import Resource, VOTableFile
@@ -21,7 +22,7 @@ from service.errors import DALIError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
 from service.tables import TableMeta, TableSet
-from service.tap import geometry
+from service.tap import geometry, upload
 from service.tap.adql import (
     ADQLError,
     OutputColumn,
@@ -51,16 +52,56 @@ class QueryResult:
     overflow: bool
 
 
+class QueryInterrupted(UsageError):
+    """SQLite stopped the query: its time ran out, or (for a job) the job was aborted or deleted."""
+
+
+@dataclass(frozen=True)
+class TapRequest:
+    """A TAP query request with its parameters checked (TAP-02, DALI-01/02/04)."""
+
+    query: str
+    fmt: OutputFormat
+    limit: int
+    runid: str | None
+    uploads: list[upload.UploadSpec]
+
+
 @bp.route("/sync", methods=["GET", "POST"])
 def sync() -> Response:
-    """TAP-01/02: LANG and QUERY required; MAXREC, RESPONSEFORMAT (or FORMAT), RUNID optional."""
+    """TAP-01/02: LANG and QUERY required; MAXREC, RESPONSEFORMAT (or FORMAT), RUNID, UPLOAD optional."""
     params = request_params(request)
+    timeout = float(state().config["service"]["sync_timeout"])
+    return run_tap(params, upload.request_parts(params), timeout)
+
+
+def tap_request(params: Params) -> TapRequest:
+    """The checked parameters of a query request; a usage error names the first bad one."""
     query = adql_query(params)
     fmt = output_format(params, ("RESPONSEFORMAT", "FORMAT"))
     config = state().config["service"]
     limit = maxrec(params, config["default_maxrec"], config["hard_maxrec"])
-    result = run_query(query, limit, timeout=float(config["sync_timeout"]))
-    return result_response(result, fmt, runid=params.get("RUNID"), query=query)
+    uploads = upload.upload_specs(params.getlist("UPLOAD"))
+    return TapRequest(query, fmt, limit, params.get("RUNID"), uploads)
+
+
+def run_tap(
+    params: Params,
+    parts: upload.PartReader,
+    timeout: float | None,
+    interrupt: Callable[[], bool] | None = None,
+) -> Response:
+    """Answer a TAP query request: uploads loaded into this connection, the query run, the result written.
+
+    ``parts`` gives the multipart parts ``param:`` uploads name; ``interrupt`` (polled while SQLite
+    runs) stops the query early, as ``timeout`` does.
+    """
+    tap = tap_request(params)
+    config = state().config["service"]
+    limit, fetch_timeout = int(config["upload_limit"]), float(config["upload_timeout"])
+    extra = upload.load_uploads(state().archive().conn, tap.uploads, parts, limit, fetch_timeout)
+    result = run_query(tap.query, tap.limit, timeout, extra_tables=extra, interrupt=interrupt)
+    return result_response(result, tap.fmt, runid=tap.runid, query=tap.query)
 
 
 def adql_query(params: Params) -> str:
@@ -77,7 +118,11 @@ def adql_query(params: Params) -> str:
 
 
 def run_query(
-    adql: str, limit: int, timeout: float | None = None, extra_tables: Sequence[TableMeta] = ()
+    adql: str,
+    limit: int,
+    timeout: float | None = None,
+    extra_tables: Sequence[TableMeta] = (),
+    interrupt: Callable[[], bool] | None = None,
 ) -> QueryResult:
     """Translate and run ``adql`` on this request's archive connection; at most ``limit`` rows.
 
@@ -92,20 +137,25 @@ def run_query(
     if limit == 0:
         rows, overflow = [], True  # MAXREC=0: metadata only, flagged as overflow (DALI-02)
     else:
-        rows, overflow = execute(archive.conn, translation, timeout, similarity)
+        rows, overflow = execute(archive.conn, translation, timeout, similarity, interrupt)
     columns, cells = result_table(translation.columns, rows)
     return QueryResult(columns, cells, overflow)
 
 
 def execute(
-    conn: sqlite3.Connection, translation: Translation, timeout: float | None, similarity: ModelSimilarity
+    conn: sqlite3.Connection,
+    translation: Translation,
+    timeout: float | None,
+    similarity: ModelSimilarity,
+    interrupt: Callable[[], bool] | None = None,
 ) -> tuple[list[tuple], bool]:
-    """Rows of a translated query (one more than the limit tells overflow), aborted after ``timeout`` s."""
+    """Rows of a translated query (one more than the limit tells overflow), aborted after ``timeout`` s
+    or as soon as ``interrupt()`` says so."""
     register_functions(conn, similarity)
     function_error()  # forget anything left from an earlier statement on this thread
-    if timeout:
-        deadline = time.monotonic() + timeout
-        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), _PROGRESS_STEPS)
+    stop = _stopper(timeout, interrupt)
+    if stop is not None:
+        conn.set_progress_handler(stop, _PROGRESS_STEPS)
     try:
         cursor = conn.execute(translation.sql)
         rows = cursor.fetchmany(translation.limit + 1)
@@ -117,11 +167,22 @@ def execute(
     return [tuple(r) for r in rows[: translation.limit]], len(rows) > translation.limit
 
 
+def _stopper(timeout: float | None, interrupt: Callable[[], bool] | None) -> Callable[[], int] | None:
+    """The progress handler: non-zero (stop) once the deadline has passed or ``interrupt()`` is true."""
+    if not timeout and interrupt is None:
+        return None
+    deadline = time.monotonic() + timeout if timeout else float("inf")
+    asked = interrupt or (lambda: False)
+    return lambda: int(time.monotonic() > deadline or asked())
+
+
 def _query_error(exc: sqlite3.OperationalError, timeout: float | None) -> DALIError:
     """What the client is told when SQLite stops: a timeout, a function's complaint, or SQLite's."""
     message = str(exc)
     if message == "interrupted":
-        return UsageError(
+        if not timeout:
+            return QueryInterrupted("the query was interrupted")
+        return QueryInterrupted(
             f"the query ran longer than the {timeout:g} s allowed for synchronous queries; "
             "narrow it down (TOP, WHERE) or run it asynchronously"
         )

@@ -165,8 +165,7 @@ def test_no_id_gives_an_empty_table_describing_the_service(live_server):
     document, table = table_of(response.content)
     assert len(table.array) == 0
     assert [f.name for f in table.fields] == list(DL03)
-    (this,) = [r for r in document.resources if r.type == "meta"]
-    assert this.utype == "adhoc:this"
+    (this,) = [r for r in document.resources if r.utype == "adhoc:this"]
     params = {p.name: p.value for p in this.params}
     assert params["accessURL"] == f"{live_server.url}/datalink/links"
 

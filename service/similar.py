@@ -1,0 +1,456 @@
+"""``/similar``: the archive spectra most like a spectrum the user brings (DALI-style, synchronous).
+
+The spectrum comes as a file - FITS image or table, SDSS or LAMOST spec file, Spectrum-DM VOTable,
+CSV/ECSV - in a multipart part (``FILE``, ``SPECTRUM``, or the part ``UPLOAD=name,param:part``
+names) or as the raw POST body with its Content-Type; or ``ID`` names a spectrum of this archive.
+The file goes to a temporary directory (removed afterwards) and is read by ``model.readers``; the
+model brings it onto its grid (vacuum log-wavelength, rebinned, uncovered pixels masked), encodes
+it, and the latent space is searched: the index over the similarity dimensions by default, exact
+search when ``DIMS`` or ``WEIGHTS`` are given. The answer is a VOTable of the K nearest archive
+spectra (SSA-style fields, distance, latent coordinates, dataset and DataLink URLs) whose PARAMs
+give the query's own latent coordinates with posterior sigma, reconstruction error and coverage of
+the grid; it carries the DataLink {links} descriptor, so pyvo's ``iter_datalinks()`` works on it.
+
+Errors are DALI error documents: a body over ``[service] max_request_bytes`` is refused (413)
+before it is read, an unreadable file or a spectrum covering less than ``[service] min_coverage``
+of the grid is a usage error (400) naming the reason, an unknown ID is not found (404).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import tempfile
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+from astropy.io.votable.tree import CooSys, Resource, VOTableFile
+from flask import Blueprint, Request, Response, request
+from werkzeug.datastructures import FileStorage
+from werkzeug.utils import secure_filename
+
+from model.api import VAR_FILE, Encoded, LatentModel
+from model.readers import iter_spectra, read_spectra
+from model.spectrum import Spectrum, SpectrumReadError
+from service.dali import output_format, write_result
+from service.data import LABEL_PARAMS, dataset_url
+from service.datalink import MAX_K, default_k, links_descriptor, read_spectrum, spectra_by_did, spectrum_row
+from service.errors import LimitError, NotFoundError, UsageError
+from service.params import Params, request_params
+from service.state import ServedModel, state
+from service.votable import Column, param
+
+bp = Blueprint("similar", __name__)
+
+#: Multipart part names that carry the spectrum file (compared case-insensitively).
+FILE_PARTS = ("FILE", "SPECTRUM")
+#: Request bodies that are parameters, not a spectrum file.
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+PUBDID_ID = "pubdid"
+COOSYS_ID = "icrs"
+LABELS = ("teff", "logg", "feh")
+_UPLOAD = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*,\s*param:(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Search:
+    """How distances are measured: over ``dims`` (weighted), by the index or by exact search."""
+
+    dims: list[int]
+    weights: list[float] | None
+    exact: bool
+
+
+@dataclass
+class Query:
+    """The spectrum searched with: its label (ID or file name), encoding and archive row (ID only)."""
+
+    label: str
+    spectrum: Spectrum
+    encoded: Encoded
+    row: int | None
+
+    @property
+    def vector(self) -> np.ndarray:
+        return self.encoded.mean[0]
+
+
+@bp.route("", methods=["GET", "POST"])
+def similar() -> Response:
+    """The K archive spectra nearest the uploaded (or named) spectrum in the model's latent space."""
+    config = state().config["service"]
+    refuse_large_body(request)
+    params = request_params(request)
+    fmt = output_format(params)
+    k = params.get_int("K", default=default_k(), minimum=1)
+    if k > MAX_K:
+        raise UsageError(f"K must be at most {MAX_K}, not {k}")
+    served = state().served_model()
+    search = parse_search(params, served.model)
+    query = load_query(params, served)
+    if query.row is None:  # an archive spectrum is searched with whatever it covers, as {links} does
+        check_coverage(query, served.model, float(config["min_coverage"]))
+    rows, distances = served.model.neighbours(
+        row=query.row,
+        vector=None if query.row is not None else query.vector,
+        k=k,
+        dims=search.dims if search.exact else None,
+        weights=search.weights,
+    )
+
+    def decorate(document: VOTableFile, resource: Resource) -> None:
+        resource.coordinate_systems.append(CooSys(ID=COOSYS_ID, system="ICRS"))
+        table = resource.tables[0]
+        for element in table.fields:
+            if element.name in ("s_ra", "s_dec"):
+                element.ref = COOSYS_ID
+        table.params.extend(query_params(document, query, served, search, k))
+        document.resources.append(links_descriptor(document, PUBDID_ID))
+
+    return write_result(
+        result_columns(search),
+        result_rows(served, rows, distances, search.dims),
+        fmt,
+        decorate=decorate,
+    )
+
+
+# -- the request -------------------------------------------------------------------------------
+
+
+def refuse_large_body(req: Request, received: int | None = None) -> None:
+    """413 from the declared length before the body is read, or from what a chunked body delivered.
+
+    The limit is Flask's MAX_CONTENT_LENGTH (``[service] max_request_bytes``). Flask refuses chunked
+    form bodies itself, but reading a chunked raw body stops silently at the limit, so a body that
+    fills it is taken to be cut short (``received``) rather than encoded truncated.
+    """
+    limit = req.max_content_length
+    length = req.content_length
+    if limit is not None and length is not None and length > limit:
+        raise LimitError(f"the request body has {length} bytes; this service accepts at most {limit}")
+    if limit is not None and length is None and received is not None and received >= limit:
+        raise LimitError(f"the request body reached the limit of {limit} bytes; send at most {limit - 1}")
+
+
+def parse_search(params: Params, model: LatentModel) -> Search:
+    """DIMS (in the order given) and WEIGHTS (one per dim); neither means the index's dimensions."""
+    dims = parse_dims(params.get("DIMS"), model.latent_dim)
+    weights = parse_weights(params.get("WEIGHTS"))
+    if dims is None and weights is None:
+        return Search(model.similarity_dims, None, exact=False)
+    dims = dims if dims is not None else model.similarity_dims
+    if weights is not None and len(weights) != len(dims):
+        raise UsageError(
+            f"WEIGHTS needs one value per dimension of DIMS ({' '.join(map(str, dims))}); got {len(weights)}"
+        )
+    return Search(dims, weights, exact=True)
+
+
+def parse_dims(raw: str | None, latent_dim: int) -> list[int] | None:
+    """Dimension numbers in the order given (WEIGHTS follow it); None when absent or empty."""
+    tokens = split_numbers(raw)
+    if not tokens:
+        return None
+    try:
+        dims = [int(token) for token in tokens]
+    except ValueError:
+        raise UsageError(f"DIMS must be latent dimension numbers, not {raw!r}") from None
+    if any(not 0 <= dim < latent_dim for dim in dims):
+        raise UsageError(f"DIMS must lie between 0 and {latent_dim - 1}; got {raw!r}")
+    if len(set(dims)) != len(dims):
+        raise UsageError(f"DIMS names a dimension more than once: {raw!r}")
+    return dims
+
+
+def parse_weights(raw: str | None) -> list[float] | None:
+    """Non-negative finite weights, at least one positive; None when absent or empty."""
+    tokens = split_numbers(raw)
+    if not tokens:
+        return None
+    try:
+        weights = [float(token) for token in tokens]
+    except ValueError:
+        raise UsageError(f"WEIGHTS must be numbers, not {raw!r}") from None
+    if any(not math.isfinite(w) or w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise UsageError(f"WEIGHTS must be finite, at least 0, and not all 0; got {raw!r}")
+    return weights
+
+
+def split_numbers(raw: str | None) -> list[str]:
+    return [token for token in re.split(r"[,\s]+", raw or "") if token]
+
+
+def load_query(params: Params, served: ServedModel) -> Query:
+    """The archive spectrum ``ID`` names, or the uploaded file's, read and encoded."""
+    did = params.get("ID")
+    upload = uploaded_file(params, request)
+    if did and upload is not None:
+        raise UsageError("give either ID or a spectrum file, not both")
+    if did:
+        row = served.row_of(did)
+        if row is None:
+            spectrum_row(did)  # an unknown DID is NotFoundFault
+            raise NotFoundError(f"{did} is not encoded by model version {served.version} yet")
+        spectrum = read_spectrum(spectrum_row(did))
+        return Query(did, spectrum, archived_encoding(served.model, spectrum, row), row)
+    if upload is None:
+        raise UsageError(
+            "send a spectrum file (multipart part FILE, or the POST body with its Content-Type) "
+            "or the ID of an archive spectrum"
+        )
+    name = secure_filename(upload.filename or "") or "upload"
+    spectrum = read_upload(upload, name, params.get_int("INDEX", minimum=0))
+    return Query(name, spectrum, served.model.encode_spectra([spectrum]), None)
+
+
+def archived_encoding(model: LatentModel, spectrum: Spectrum, row: int) -> Encoded:
+    """An archive spectrum's encoding: the posterior the archive publishes (ml.latent) and searches
+    with, not a fresh encoding that batch arithmetic moves in the last digits; the fresh one gives
+    the coverage and reconstruction error, which the archive does not keep per model version.
+    """
+    encoded = model.encode_spectra([spectrum])
+    encoded.mean = np.array(model.latents[row : row + 1], dtype=np.float32)
+    encoded.var = np.array(np.load(model.directory / VAR_FILE, mmap_mode="r")[row : row + 1], np.float32)
+    return encoded
+
+
+def uploaded_file(params: Params, req: Request) -> FileStorage | None:
+    """The spectrum file: the part UPLOAD or FILE/SPECTRUM names, the only part, or the raw body."""
+    parts = params.files
+    for value in params.getlist("UPLOAD"):
+        for item in filter(str.strip, value.split(";")):
+            match = _UPLOAD.match(item)
+            if match is None:
+                raise UsageError(f"UPLOAD must be name,param:part (a part of this request), not {item!r}")
+            if match[2] not in parts:
+                raise UsageError(f"UPLOAD names the part {match[2]!r}, which the request does not hold")
+            return parts[match[2]]
+    by_name = {name.upper(): part for name, part in parts.items()}
+    named = [by_name[name] for name in FILE_PARTS if name in by_name]
+    if named:
+        return named[0]
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    if parts:
+        raise UsageError(f"several file parts ({', '.join(parts)}); name the spectrum's part FILE")
+    if req.method == "POST" and req.mimetype not in FORM_TYPES:
+        body = req.get_data()
+        refuse_large_body(req, len(body))
+        if body:
+            return FileStorage(io.BytesIO(body), filename="upload", content_type=req.content_type)
+    return None
+
+
+def read_upload(upload: FileStorage, name: str, index: int | None) -> Spectrum:
+    """Read the file from a temporary directory that is removed afterwards; errors name the reason."""
+    with tempfile.TemporaryDirectory(prefix="latentvo-upload-") as folder:
+        path = Path(folder) / name[-100:]
+        upload.save(path)
+        try:
+            if index is not None:
+                return read_spectra(path, index)[0]
+            with closing(iter_spectra(path)) as spectra:
+                found = list(islice(spectra, 2))
+        except SpectrumReadError as exc:
+            raise UsageError(f"the uploaded file cannot be read as a spectrum: {exc.reason}") from exc
+    if len(found) > 1:
+        raise UsageError(
+            "the uploaded file holds more than one spectrum: choose one with INDEX (0 = the first)"
+        )
+    return found[0]
+
+
+def check_coverage(query: Query, model: LatentModel, minimum: float) -> None:
+    """Refuse spectra that cover too little of the grid: their encoding would be mostly the prior."""
+    coverage = float(query.encoded.coverage[0])
+    if coverage < minimum or not np.isfinite(query.vector).all():
+        grid = model.grid
+        good = query.spectrum.good
+        wave = query.spectrum.vacuum_wavelength()[good] if good.any() else query.spectrum.vacuum_wavelength()
+        raise UsageError(
+            f"the spectrum ({wave.min():.0f}-{wave.max():.0f} Angstrom, vacuum) covers {coverage:.1%} of "
+            f"the model's grid ({grid.wave_min:.0f}-{grid.wave_max:.0f} Angstrom, vacuum); at least "
+            f"{minimum:.0%} is needed (coverage={coverage:.4f})"
+        )
+
+
+# -- the answer --------------------------------------------------------------------------------
+
+
+def result_columns(search: Search) -> list[Column]:
+    """SSA-style fields of each neighbour, its distance and latent coordinates over the search dims."""
+    how = " with weights " + " ".join(map(str, search.weights)) if search.weights else ""
+    dims_text = " ".join(map(str, search.dims))
+    return [
+        Column("rank", "int", ucd="meta.number", description="1 = most similar"),
+        Column(
+            "obs_publisher_did",
+            "char",
+            "*",
+            ucd="meta.ref.ivoid",
+            utype="ssa:Curation.PublisherDID",
+            description="Publisher DID of the archive spectrum",
+            ID=PUBDID_ID,
+        ),
+        Column(
+            "distance",
+            "double",
+            ucd="stat.value;arith.diff",
+            description=f"Euclidean distance of posterior means over latent dimensions {dims_text}{how}",
+        ),
+        Column("target_name", "char", "*", ucd="meta.id;src", utype="ssa:Target.Name", description="Target"),
+        Column(
+            "obs_collection",
+            "char",
+            "*",
+            ucd="meta.id",
+            utype="ssa:DataID.Collection",
+            description="Archive collection",
+        ),
+        Column("s_ra", "double", unit="deg", ucd="pos.eq.ra;meta.main", description="ICRS right ascension"),
+        Column("s_dec", "double", unit="deg", ucd="pos.eq.dec;meta.main", description="ICRS declination"),
+        Column(
+            "em_min",
+            "double",
+            unit="m",
+            ucd="em.wl;stat.min",
+            utype="ssa:Char.SpectralAxis.Coverage.Bounds.Start",
+            description="Shortest vacuum wavelength covered",
+        ),
+        Column(
+            "em_max",
+            "double",
+            unit="m",
+            ucd="em.wl;stat.max",
+            utype="ssa:Char.SpectralAxis.Coverage.Bounds.Stop",
+            description="Longest vacuum wavelength covered",
+        ),
+        *[
+            Column(
+                name,
+                "double",
+                unit=LABEL_PARAMS[name][1],
+                ucd=LABEL_PARAMS[name][0],
+                description=f"Catalogue {name}",
+            )
+            for name in LABELS
+        ],
+        Column(
+            "dataset_url",
+            "char",
+            "*",
+            ucd="meta.ref.url;meta.dataset",
+            utype="ssa:Access.Reference",
+            description="The spectrum as a Spectrum-DM VOTable",
+        ),
+        Column("access_url", "char", "*", ucd="meta.ref.url", description="DataLink {links} of the spectrum"),
+        *[
+            Column(
+                f"z{dim}", "double", ucd="src.var", description=f"Posterior mean of latent dimension {dim}"
+            )
+            for dim in search.dims
+        ],
+    ]
+
+
+def result_rows(
+    served: ServedModel, rows: np.ndarray, distances: np.ndarray, dims: Sequence[int]
+) -> list[tuple]:
+    dids = [served.dids[int(r)] for r in rows]
+    spectra = spectra_by_did(dids)
+    latents = np.asarray(served.model.latents[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
+    latents = latents.reshape(len(dids), served.model.latent_dim)[:, list(dims)]
+    links_url = state().url("datalink/links")
+    out = []
+    for rank, (did, distance, z) in enumerate(zip(dids, distances, latents, strict=True), 1):
+        meta = spectra.get(did)
+
+        def value(name: str, meta=meta):
+            return meta[name] if meta is not None else None
+
+        out.append(
+            (
+                rank,
+                did,
+                float(distance),
+                value("target_name"),
+                value("obs_collection"),
+                value("s_ra"),
+                value("s_dec"),
+                value("em_min"),
+                value("em_max"),
+                *(value(name) for name in LABELS),
+                dataset_url(did),
+                links_url + "?" + urlencode({"ID": did}),
+                *map(float, z),
+            )
+        )
+    return out
+
+
+def query_params(document: VOTableFile, query: Query, served: ServedModel, search: Search, k: int) -> list:
+    """The query's own latent coordinates (all dims, with posterior sigma), coverage and the search."""
+    encoded = query.encoded
+    sigma = np.sqrt(encoded.var[0])
+    number = {"datatype": "double", "arraysize": None}
+    params = [
+        param(document, "query", query.label, ucd="meta.id", description="The ID or file name searched with"),
+        param(
+            document,
+            "coverage",
+            repr(float(encoded.coverage[0])),
+            ucd="em.wl;arith.ratio",
+            description="Fraction of the model's wavelength grid the query spectrum covers with good pixels",
+            **number,
+        ),
+        param(
+            document,
+            "recon_error",
+            repr(float(encoded.recon_error[0])),
+            ucd="stat.fit.residual",
+            description="RMS of reconstruction minus query over its good pixels (normalised flux)",
+            **number,
+        ),
+        param(document, "model_version", str(served.version), "int", None, ucd="meta.version"),
+        param(document, "K", str(k), "int", None, ucd="meta.number", description="Neighbours asked for"),
+        param(document, "DIMS", " ".join(map(str, search.dims)), description="Latent dimensions compared"),
+        param(
+            document,
+            "search",
+            "exact" if search.exact else "index",
+            description="exact: exhaustive search (DIMS or WEIGHTS given); index: the approximate index",
+        ),
+    ]
+    if search.weights:
+        params.append(
+            param(document, "WEIGHTS", " ".join(map(str, search.weights)), description="Per-dim weights")
+        )
+    for dim in range(served.model.latent_dim):
+        params.append(
+            param(
+                document,
+                f"query_z{dim}",
+                repr(float(encoded.mean[0, dim])),
+                ucd="src.var",
+                description=f"Posterior mean of latent dimension {dim} for the query spectrum",
+                **number,
+            )
+        )
+        params.append(
+            param(
+                document,
+                f"query_z{dim}_sigma",
+                repr(float(sigma[dim])),
+                ucd="stat.error",
+                description=f"Posterior standard deviation of latent dimension {dim} for the query spectrum",
+                **number,
+            )
+        )
+    return params
