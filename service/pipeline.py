@@ -317,7 +317,7 @@ def analyse(archive: Archive, config: dict, version: int | None = None, progress
         informative = [int(np.argmax(kl))]
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(len(dids), size=min(section["max_rows"], len(dids)), replace=False))
-    labels = {k: v[sample] for k, v in archive.label_arrays([dids[i] for i in sample]).items()}
+    labels = archive.label_arrays([dids[i] for i in sample])
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     by_did = {r["obs_publisher_did"]: r for r in rows}
     sample_rows = [by_did[dids[i]] for i in sample]

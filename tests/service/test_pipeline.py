@@ -170,3 +170,20 @@ def test_cli_runs_each_stage(tmp_path, demo_dir, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "200 spectra added" in out and "recall@10=" in out and "informative dimensions" in out
     assert main(["--quiet", "encode", "--model-version", "99"]) == 2
+
+
+def test_analysis_on_a_sample_of_a_larger_archive(built):
+    """With more spectra than analysis.max_rows, MI and PCA use a sample; anomaly scores cover all."""
+    archive, config, _, version, *_ = built
+    sampled = {**config, "analysis": {**config["analysis"], "max_rows": 60}}
+    summary = pipeline.analyse(archive, sampled, version, progress=False)
+    assert summary["informative_dims"]
+    n = archive.conn.execute(
+        "SELECT MAX(n_spectra) FROM ml_label_correlation WHERE model_version = ? AND label = 'teff'",
+        (version,),
+    ).fetchone()[0]
+    assert n <= 60
+    scored = archive.conn.execute(
+        "SELECT COUNT(*) FROM ml_latent WHERE model_version = ? AND anomaly_score IS NOT NULL", (version,)
+    ).fetchone()[0]
+    assert scored == 200
