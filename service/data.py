@@ -65,6 +65,22 @@ LABEL_PARAMS: dict[str, tuple[str, str | None]] = {
     "airmass": ("obs.airMass", None),
 }
 SPEC = "spec:Spectrum."
+#: The labels result tables next to a spectrum show (neighbour lists, upload similarity).
+MAIN_LABELS = ("teff", "logg", "feh")
+
+
+def label_columns(names: tuple[str, ...] = MAIN_LABELS) -> list[Column]:
+    """FIELDs for catalogue labels, with the UCD and unit of :data:`LABEL_PARAMS`."""
+    return [
+        Column(
+            name,
+            "double",
+            unit=LABEL_PARAMS[name][1],
+            ucd=LABEL_PARAMS[name][0],
+            description=f"Catalogue {name}",
+        )
+        for name in names
+    ]
 
 
 # -- links -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from model.readers import read_spectra
 from model.spectrum import Spectrum, SpectrumReadError
 from service import preview, vosi
 from service.dali import OutputFormat, output_format, write_result
-from service.data import DATASET_FORMATS, LABEL_PARAMS, dataset_url
+from service.data import DATASET_FORMATS, MAIN_LABELS, dataset_url, label_columns
 from service.errors import DALIError, NotFoundError, TransientError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
@@ -45,7 +45,7 @@ RDF_PATH = "rdf/latentvo"
 #: RESPONSEFORMAT values {links} accepts (lower case, spaces removed); all mean TABLEDATA VOTable.
 LINKS_FORMATS = ("votable", "application/x-votable+xml", DATALINK_MIME)
 #: Catalogue labels /datalink/similar reports for each neighbour (UCD and unit from data.LABEL_PARAMS).
-SIMILAR_LABELS = ("teff", "logg", "feh")
+SIMILAR_LABELS = MAIN_LABELS
 
 LINK_COLUMNS = (
     Column(
@@ -645,16 +645,7 @@ def similar_columns(latent_dim: int, dims: Sequence[int]) -> list[Column]:
             description="DataLink {links} of the similar spectrum",
         ),
         Column("target_name", "char", "*", ucd="meta.id;src", description="Target name"),
-        *[
-            Column(
-                name,
-                "double",
-                unit=LABEL_PARAMS[name][1],
-                ucd=LABEL_PARAMS[name][0],
-                description=f"Catalogue {name}",
-            )
-            for name in SIMILAR_LABELS
-        ],
+        *label_columns(),
         *[
             Column(f"z{i}", "double", ucd="src.var", description=f"Posterior mean of latent dimension {i}")
             for i in range(latent_dim)

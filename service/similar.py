@@ -39,7 +39,7 @@ from model.api import VAR_FILE, Encoded, LatentModel
 from model.readers import iter_spectra, read_spectra
 from model.spectrum import Spectrum, SpectrumReadError
 from service.dali import output_format, write_result
-from service.data import LABEL_PARAMS, dataset_url
+from service.data import MAIN_LABELS, dataset_url, label_columns
 from service.datalink import MAX_K, default_k, links_descriptor, read_spectrum, spectra_by_did, spectrum_row
 from service.errors import LimitError, NotFoundError, UsageError
 from service.params import Params, request_params
@@ -54,7 +54,7 @@ FILE_PARTS = ("FILE", "SPECTRUM")
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 PUBDID_ID = "pubdid"
 COOSYS_ID = "icrs"
-LABELS = ("teff", "logg", "feh")
+LABELS = MAIN_LABELS
 _UPLOAD = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*,\s*param:(\S+)\s*$")
 
 
@@ -332,16 +332,7 @@ def result_columns(search: Search) -> list[Column]:
             utype="ssa:Char.SpectralAxis.Coverage.Bounds.Stop",
             description="Longest vacuum wavelength covered",
         ),
-        *[
-            Column(
-                name,
-                "double",
-                unit=LABEL_PARAMS[name][1],
-                ucd=LABEL_PARAMS[name][0],
-                description=f"Catalogue {name}",
-            )
-            for name in LABELS
-        ],
+        *label_columns(),
         Column(
             "dataset_url",
             "char",

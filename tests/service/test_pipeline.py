@@ -12,27 +12,7 @@ from model.similarity import exact_search
 from service import pipeline
 from service.archive import Archive
 from service.cli import main
-from service.config import load_config
-
-
-def small_config(root):
-    return load_config(
-        environ={},
-        overrides={
-            "archive": {"root": str(root), "default_collection": "miles"},
-            "grid": {"n_pixels": 256},
-            "model": {
-                "latent_dim": 6,
-                "epochs": 15,
-                "kl_warmup_epochs": 3,
-                "channels": [8, 16, 16],
-                "batch_size": 32,
-                "augment_copies": 1,
-            },
-            "analysis": {"mi_subsamples": 3},
-            "index": {"recall_queries": 100},
-        },
-    )
+from tests.conftest import small_config
 
 
 def dump(archive: Archive) -> list:
