@@ -319,7 +319,10 @@ def main() -> None:
         "tolerance_K": TEFF_TOLERANCE,
         "target": TARGET,
         "archive": {
-            "root": str(args.root),
+            # Relative to the repository when inside it, so results carry no machine paths.
+            "root": str(Path(args.root).resolve().relative_to(REPO))
+            if Path(args.root).resolve().is_relative_to(REPO)
+            else Path(args.root).name,
             "n_spectra": build["n_spectra"],
             "model_version": model["model_version"],
             "latent_dim": model["latent_dim"],
