@@ -181,9 +181,7 @@ def main() -> None:
     informative = summary_analysis["informative_dims"]
     rows_all = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     by_did = {r["obs_publisher_did"]: r for r in rows_all}
-    spectra = [None] * len(dids)
-    for position, spectrum in pipeline.load_spectra([by_did[d] for d in dids]):
-        spectra[position] = spectrum
+    spectra = pipeline.read_rows([by_did[d] for d in dids])
     from model.preprocess import prepare_many
 
     flux, good, _ = prepare_many(spectra, model.grid)

@@ -193,6 +193,14 @@ def load_spectra(rows: Sequence) -> Iterator[tuple[int, Spectrum]]:
                 yield wanted[spectrum.source_index], spectrum
 
 
+def read_rows(rows: Sequence, progress: bool = False) -> list[Spectrum]:
+    """The spectra of ``rows`` in row order (each source file read once)."""
+    spectra: list[Spectrum | None] = [None] * len(rows)
+    for position, spectrum in tqdm(load_spectra(rows), total=len(rows), desc="read", disable=not progress):
+        spectra[position] = spectrum
+    return spectra
+
+
 def fit_grid(archive: Archive, config: dict) -> Grid:
     """The configured grid, or one fitted to the range most of the archive covers."""
     section = config["grid"]
@@ -216,9 +224,7 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
         chosen = np.random.default_rng(section["seed"]).choice(len(rows), size=limit, replace=False)
         rows = [rows[i] for i in np.sort(chosen)]
     grid = fit_grid(archive, config)
-    spectra: list[Spectrum | None] = [None] * len(rows)
-    for position, spectrum in tqdm(load_spectra(rows), total=len(rows), desc="read", disable=not progress):
-        spectra[position] = spectrum
+    spectra = read_rows(rows, progress)
     data = prepare_augmented(
         spectra,
         grid,
@@ -321,10 +327,7 @@ def analyse(archive: Archive, config: dict, version: int | None = None, progress
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     by_did = {r["obs_publisher_did"]: r for r in rows}
     sample_rows = [by_did[dids[i]] for i in sample]
-    spectra: list = [None] * len(sample_rows)
-    for position, spectrum in load_spectra(sample_rows):
-        spectra[position] = spectrum
-    flux, good, _ = prepare_many(spectra, latent_model.grid)
+    flux, good, _ = prepare_many(read_rows(sample_rows), latent_model.grid)
     pca_scores, _ = analysis.pca_baseline(flux, latent_model.latent_dim, mask=~good)
     mi_args = {"n_neighbors": section["mi_neighbors"], "n_bootstrap": section["mi_subsamples"]}
     model_mi = analysis.mutual_information(mean[sample], labels, **mi_args)

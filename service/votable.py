@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from astropy.io.votable.exceptions import W03, VOWarning
@@ -61,7 +61,6 @@ class Column:
     xtype: str | None = None
     description: str | None = None
     ID: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def field(self, document: VOTableFile) -> Field:
         element = Field(
