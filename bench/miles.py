@@ -11,7 +11,9 @@ and indexed with the ordinary pipeline. Then:
   [Fe/H], RV and S/N;
 - the median absolute error of Teff, log g and [Fe/H] voted by the 10 nearest neighbours,
   leave-one-star-out (the other copies of the query star do not count), in the model's
-  latent space, in a PCA space of the same size, and in raw (gridded) flux.
+  latent space, in a PCA space of the same size, and in raw (gridded) flux; once with the
+  10 nearest spectra voting and once with the 10 nearest stars (each star once), with
+  intervals from resampling stars and the paired latent − baseline difference.
 
 Usage: python bench/miles.py [--miles DIR] [--copies 5] [--epochs 120] [--out bench/results]
 Writes bench/results/miles.json and miles.md.
@@ -88,24 +90,52 @@ def write_augmented(miles_dir: Path, path: Path, copies: int, seed: int) -> None
     hdul.writeto(path, overwrite=True)
 
 
-def vote_errors(space: np.ndarray, labels: dict, groups: np.ndarray, k: int = 10) -> dict:
-    """Median |voted − true| per label, with a 95 % interval from resampling the stars."""
-    rng = np.random.default_rng(7)
-    errors = {}
-    for name in ("teff", "logg", "feh"):
-        truth = labels[name]
-        predicted = analysis.knn_label_vote(space, truth, groups, k=k)
-        ok = np.isfinite(truth) & np.isfinite(predicted)
-        absolute, star = np.abs(predicted[ok] - truth[ok]), groups[ok]
-        stars = np.unique(star)
-        by_star = [absolute[star == s] for s in stars]
-        medians = [
-            np.median(np.concatenate([by_star[i] for i in rng.integers(0, len(stars), len(stars))]))
-            for _ in range(200)
-        ]
-        errors[name] = float(np.median(absolute))
-        errors[f"{name}_ci95"] = [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
-    return errors
+VOTED = ("teff", "logg", "feh")
+#: How neighbours vote: the k nearest spectra (copies of one star count separately), or the
+#: k nearest stars, each through its nearest copy (see analysis.knn_label_vote).
+PROTOCOLS = {"spectra": False, "stars": True}
+
+
+def vote_abs_errors(space: np.ndarray, labels: dict, groups: np.ndarray, k: int = 10) -> dict:
+    """|voted − true| per spectrum, per protocol and label (NaN where either is missing)."""
+    return {
+        protocol: {
+            name: np.abs(
+                analysis.knn_label_vote(space, labels[name], groups, k=k, one_per_group=per_star)
+                - labels[name]
+            )
+            for name in VOTED
+        }
+        for protocol, per_star in PROTOCOLS.items()
+    }
+
+
+def resampled_stars(groups: np.ndarray, n: int = 200, seed: int = 7) -> list[np.ndarray]:
+    """Row indices of ``n`` bootstrap samples of whole stars (copies stay together)."""
+    rng = np.random.default_rng(seed)
+    rows_of = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    return [
+        np.concatenate([rows_of[i] for i in rng.integers(0, len(rows_of), len(rows_of))]) for _ in range(n)
+    ]
+
+
+def vote_summary(errors: dict, reference: dict, samples: list[np.ndarray]) -> dict:
+    """Median absolute errors with 95 % intervals, and the paired difference from ``reference``
+    (the latent space) on the same resampled stars: negative means the latent votes better."""
+    summary = {}
+    for protocol, by_label in errors.items():
+        out = summary[protocol] = {}
+        for name, error in by_label.items():
+            ours = reference[protocol][name]
+            medians = [np.nanmedian(error[rows]) for rows in samples]
+            differences = [np.nanmedian(ours[rows]) - np.nanmedian(error[rows]) for rows in samples]
+            out[name] = float(np.nanmedian(error))
+            out[f"{name}_ci95"] = [float(np.percentile(medians, q)) for q in (2.5, 97.5)]
+            out[f"{name}_latent_minus_this"] = float(np.nanmedian(ours) - np.nanmedian(error))
+            out[f"{name}_latent_minus_this_ci95"] = [
+                float(np.percentile(differences, q)) for q in (2.5, 97.5)
+            ]
+    return summary
 
 
 def main() -> None:
@@ -187,18 +217,16 @@ def main() -> None:
     flux, good, _ = prepare_many(spectra, model.grid)
     pca, _ = analysis.pca_baseline(flux, args.latent_dim, mask=~good)
     similarity = model.similarity_dims
-    posterior_sd = np.sqrt(np.mean(np.load(archive.model_dir(version) / "latent_var.npy"), axis=0))
-    votes = {
-        "latent (similarity dims: informative, without the velocity z0)": vote_errors(
-            latents[:, similarity], labels, groups
-        ),
-        "latent (similarity dims scaled by posterior width)": vote_errors(
-            latents[:, similarity] / posterior_sd[similarity], labels, groups
-        ),
-        "latent (all informative dims)": vote_errors(latents[:, informative], labels, groups),
-        f"PCA ({args.latent_dim} components)": vote_errors(pca, labels, groups),
-        "raw flux": vote_errors(flux, labels, groups),
+    spaces = {
+        "latent (similarity dims: informative, without the velocity z0)": latents[:, similarity],
+        "latent (all informative dims)": latents[:, informative],
+        f"PCA ({args.latent_dim} components)": pca,
+        "raw flux": flux,
     }
+    errors = {name: vote_abs_errors(space, labels, groups) for name, space in spaces.items()}
+    reference = next(iter(errors.values()))
+    samples = resampled_stars(groups)
+    votes = {name: vote_summary(e, reference, samples) for name, e in errors.items()}
     mi_rows = archive.conn.execute(
         "SELECT dim, label, mi, mi_error, pca_mi, pca_mi_error, informative FROM ml_label_correlation "
         "WHERE model_version = ? ORDER BY label, dim",
@@ -260,21 +288,32 @@ def markdown(r: dict) -> str:
                 f"| {name} | z{c['dim']} | {c['mi']:.2f} | {c['fraction']:.0%} "
                 f"| PC{p['dim']} | {p['mi']:.2f} |"
             )
-    lines += [
-        "",
-        "Median absolute error of labels voted by the 10 nearest neighbours (leave-one-star-out; "
-        "95 % interval from resampling stars):",
-        "",
-        "| space | Teff (K) | log g | [Fe/H] |",
-        "|---|---|---|---|",
-    ]
-    for space, e in r["knn_vote_median_abs_error"].items():
-        ci = {k: e[f"{k}_ci95"] for k in ("teff", "logg", "feh")}
-        lines.append(
-            f"| {space} | {e['teff']:.0f} [{ci['teff'][0]:.0f}, {ci['teff'][1]:.0f}] "
-            f"| {e['logg']:.3f} [{ci['logg'][0]:.3f}, {ci['logg'][1]:.3f}] "
-            f"| {e['feh']:.3f} [{ci['feh'][0]:.3f}, {ci['feh'][1]:.3f}] |"
-        )
+    for protocol, heading in (
+        ("spectra", "the 10 nearest spectra (copies of one star vote separately)"),
+        ("stars", "the 10 nearest stars (each votes once, through its nearest copy)"),
+    ):
+        lines += [
+            "",
+            f"Median absolute error of labels voted by {heading}; leave-one-star-out; 95 % "
+            "intervals from resampling stars; Δ = latent − this space on the same resamples "
+            "(negative: the latent votes better):",
+            "",
+            "| space | Teff (K) | Δ Teff | log g | Δ log g | [Fe/H] | Δ [Fe/H] |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for space, by_protocol in r["knn_vote_median_abs_error"].items():
+            e = by_protocol[protocol]
+            cells = []
+            for name, fmt in (("teff", ".0f"), ("logg", ".3f"), ("feh", ".3f")):
+                lo, hi = e[f"{name}_ci95"]
+                d, (dlo, dhi) = e[f"{name}_latent_minus_this"], e[f"{name}_latent_minus_this_ci95"]
+                cells.append(f"{e[name]:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]")
+                cells.append(
+                    "—"
+                    if space.startswith("latent (similarity")
+                    else f"{d:+{fmt}} [{dlo:+{fmt}}, {dhi:+{fmt}}]"
+                )
+            lines.append(f"| {space} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Full MI table (nats; model / PCA component of the same number):",

@@ -248,7 +248,11 @@ def anomaly_scores(
 
 
 def knn_label_vote(
-    latents: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None, k: int = 10
+    latents: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    k: int = 10,
+    one_per_group: bool = False,
 ) -> np.ndarray:
     """Leave-one-star-out k-NN prediction of a label from the latents: how well does the
     neighbourhood in latent space know the label?
@@ -257,6 +261,11 @@ def knn_label_vote(
     belong to a different group (``groups``: e.g. the star id shared by augmented copies of
     one spectrum, so that a copy cannot vote for itself); ``groups=None`` is plain
     leave-one-out. NaN where no such neighbour exists.
+
+    ``one_per_group`` lets each other group vote once, through its nearest row. Without it a
+    space that maps the copies of a star onto one point (as a velocity-invariant latent
+    should) gets k votes from only k / copies stars, while a space that scatters the copies
+    gets k different stars: the vote then measures invariance, not what the space knows.
     """
     latents = np.asarray(latents, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
@@ -270,12 +279,27 @@ def knn_label_vote(
         return out
     _, group_codes = np.unique(groups, return_inverse=True)
     largest_group = int(np.bincount(group_codes[ref]).max())
-    n_query = min(k + largest_group, ref.size)
+    wanted = k * largest_group if one_per_group else k
+    n_query = min(wanted + largest_group, ref.size)
     _, idx = NearestNeighbors(n_neighbors=n_query).fit(latents[ref]).kneighbors(latents)
     idx = ref[idx]  # (n, n_query) row numbers, nearest first
-    usable = group_codes[idx] != group_codes[:, None]
+    neighbour_groups = group_codes[idx]
+    usable = neighbour_groups != group_codes[:, None]
+    if one_per_group:
+        usable &= first_occurrence(neighbour_groups)
     usable &= np.cumsum(usable, axis=1) <= k  # the first k usable neighbours of each row
     votes = np.where(usable, labels[idx], np.nan)
     has_vote = usable.any(axis=1)
     out[has_vote] = np.nanmedian(votes[has_vote], axis=1)
     return out
+
+
+def first_occurrence(values: np.ndarray) -> np.ndarray:
+    """True where a value appears for the first time in its row of the 2D array ``values``."""
+    order = np.argsort(values, axis=1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=1)
+    first_sorted = np.ones_like(ordered, dtype=bool)
+    first_sorted[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    first = np.empty_like(first_sorted)
+    np.put_along_axis(first, order, first_sorted, axis=1)
+    return first

@@ -8,6 +8,7 @@ import pytest
 from model.analysis import (
     anomaly_scores,
     concentration,
+    first_occurrence,
     informative_dimensions,
     kl_per_dimension,
     knn_label_vote,
@@ -223,3 +224,24 @@ def test_repeated_label_values_do_not_inflate_mi():
     copies_x = np.repeat(x, 5, axis=0) + rng.normal(0, 1e-3, (2000, 1))
     copies = mutual_information(copies_x, {"t": np.repeat(label, 5)}, n_bootstrap=2)[0]["mi"]
     assert copies == pytest.approx(once, abs=0.1)
+
+
+def test_knn_vote_one_per_group_counts_stars_not_copies():
+    # Stars on a line; each has 5 identical copies. Star 0 has label 0, the others 100 × id.
+    copies, n_stars = 5, 8
+    star = np.repeat(np.arange(n_stars), copies)
+    latents = star[:, None].astype(float)
+    label = star * 100.0
+    # Per copy: the 4 nearest other rows are copies of one neighbouring star ...
+    per_copy = knn_label_vote(latents, label, groups=star, k=4)
+    assert per_copy[0] == 100.0
+    # ... per star: the 4 nearest other stars, 1–4, median 250.
+    per_star = knn_label_vote(latents, label, groups=star, k=4, one_per_group=True)
+    assert per_star[0] == pytest.approx(250.0)
+    assert np.isfinite(per_star).all()
+
+
+def test_first_occurrence_marks_each_value_once_per_row():
+    values = np.array([[3, 1, 3, 2, 1], [0, 0, 0, 5, 5]])
+    expected = np.array([[1, 1, 0, 1, 0], [1, 0, 0, 1, 0]], dtype=bool)
+    np.testing.assert_array_equal(first_occurrence(values), expected)
