@@ -78,6 +78,8 @@ class Prepared:
     good: np.ndarray  # bool (n_pixels,)
     scale: float  # the normalisation divisor
     coverage: float  # fraction of the grid with good data
+    #: float32 (n_pixels,): σ of the normalised flux per pixel, NaN where unknown or masked.
+    noise: np.ndarray | None = None
 
 
 def prepare(
@@ -93,14 +95,22 @@ def prepare(
     with σ = 1/snr to the normalised flux (the normalised median is 1).
     """
     wave = spectrum.vacuum_wavelength() * (1.0 + rv_kms / C_KMS)
-    flux, bad_fraction = _rebin(wave, spectrum.flux, ~spectrum.good, grid.edges)
+    variance = None
+    if spectrum.ivar is not None:
+        with np.errstate(divide="ignore"):
+            variance = np.where(spectrum.ivar > 0, 1.0 / spectrum.ivar, np.inf)
+    flux, bad_fraction, variance = _rebin(wave, spectrum.flux, ~spectrum.good, grid.edges, variance)
     good = bad_fraction <= MAX_BAD_FRACTION
     flux, scale = _normalise(flux, good)
+    noise = np.sqrt(variance) / abs(scale) if variance is not None else np.full(flux.shape, np.nan)
     if snr is not None and good.any():
         rng = rng or np.random.default_rng()
         flux = flux + rng.normal(0.0, 1.0 / snr, flux.shape)
+        # The added noise dominates what a library spectrum had (unknown counts as none).
+        noise = np.hypot(np.nan_to_num(noise, nan=0.0), 1.0 / snr)
     flux = np.where(good, flux, 0.0).astype(np.float32)
-    return Prepared(flux=flux, good=good, scale=scale, coverage=float(good.mean()))
+    noise = np.where(good, noise, np.nan).astype(np.float32)
+    return Prepared(flux=flux, good=good, scale=scale, coverage=float(good.mean()), noise=noise)
 
 
 def prepare_many(spectra: Sequence[Spectrum], grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,18 +124,26 @@ def prepare_many(spectra: Sequence[Spectrum], grid: Grid) -> tuple[np.ndarray, n
 
 
 def _rebin(
-    wave: np.ndarray, flux: np.ndarray, bad: np.ndarray, target_edges: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    wave: np.ndarray,
+    flux: np.ndarray,
+    bad: np.ndarray,
+    target_edges: np.ndarray,
+    variance: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Flux-conserving rebin by differencing the cumulative integral at the target edges.
 
-    Returns the mean flux density per target pixel and the fraction of each target pixel that
-    is bad or outside the data (bad source pixels are bridged by interpolation, then counted).
+    Returns the mean flux density per target pixel, the fraction of each target pixel that
+    is bad or outside the data (bad source pixels are bridged by interpolation, then counted),
+    and, given the source pixels' ``variance``, the variance of each mean (source pixels taken
+    as independent; a partly covered source pixel counts as if whole, which errs on the safe
+    side).
     """
     finite = np.isfinite(wave)
     wave, flux, bad = wave[finite], flux[finite], bad[finite] | ~np.isfinite(flux[finite])
     n_target = len(target_edges) - 1
     if len(wave) < 2 or bad.all():
-        return np.zeros(n_target), np.ones(n_target)
+        unknown = None if variance is None else np.full(n_target, np.nan)
+        return np.zeros(n_target), np.ones(n_target), unknown
     clean = flux.copy()
     if bad.any():
         clean[bad] = np.interp(wave[bad], wave[~bad], flux[~bad])
@@ -144,7 +162,16 @@ def _rebin(
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_flux = np.where(covered > 0, flux_int / covered, 0.0)
     bad_fraction = 1.0 - (covered - bad_int) / width
-    return mean_flux, np.clip(bad_fraction, 0.0, 1.0)
+    mean_variance = None
+    if variance is not None:
+        source_variance = np.asarray(variance, dtype=np.float64)[finite]
+        source_variance = np.where(bad | ~np.isfinite(source_variance), 0.0, source_variance)
+        cum_var = np.concatenate([[0.0], np.cumsum(source_variance * widths**2)])
+        var_int = np.interp(inside_hi, src_edges, cum_var) - np.interp(inside_lo, src_edges, cum_var)
+        good_width = covered - bad_int
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_variance = np.where(good_width > 0, var_int / good_width**2, np.nan)
+    return mean_flux, np.clip(bad_fraction, 0.0, 1.0), mean_variance
 
 
 def _normalise(flux: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, float]:
@@ -166,6 +193,7 @@ class Augmented:
     groups: np.ndarray  # (n,) index of the original spectrum each row comes from
     rv_added: np.ndarray  # (n,) km/s injected (0 for originals)
     snr: np.ndarray  # (n,) injected S/N (NaN for originals)
+    noise: np.ndarray  # (n, p) float32 σ per pixel, NaN where unknown (see Prepared.noise)
 
 
 def prepare_augmented(
@@ -183,7 +211,7 @@ def prepare_augmented(
     RV and noise look like (and give those labels known values).
     """
     rng = np.random.default_rng(seed)
-    flux, good, groups, rv, snr = [], [], [], [], []
+    flux, good, noise, groups, rv, snr = [], [], [], [], [], []
     for i, spectrum in enumerate(spectra):
         variants = [(0.0, None)] + [
             (rng.uniform(-rv_max, rv_max), float(np.exp(rng.uniform(*np.log(snr_range)))))
@@ -193,9 +221,15 @@ def prepare_augmented(
             p = prepare(spectrum, grid, rv_kms=rv_kms, snr=s, rng=rng)
             flux.append(p.flux)
             good.append(p.good)
+            noise.append(p.noise)
             groups.append(i)
             rv.append(rv_kms)
             snr.append(np.nan if s is None else s)
     return Augmented(
-        np.stack(flux), np.stack(good), np.array(groups), np.array(rv), np.array(snr, dtype=float)
+        np.stack(flux),
+        np.stack(good),
+        np.array(groups),
+        np.array(rv),
+        np.array(snr, dtype=float),
+        np.stack(noise),
     )

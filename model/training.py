@@ -34,8 +34,13 @@ class TrainConfig:
     validation_fraction: float = 0.15
     patience: int = 15
     seed: int = 42
-    #: σ of the Gaussian likelihood in normalised-flux units (the median flux is 1).
+    #: σ of the Gaussian likelihood in normalised-flux units (the median flux is 1), for
+    #: pixels whose noise is unknown.
     recon_sigma: float = 0.02
+    #: Where a pixel's noise is known, its σ is √(noise² + noise_floor²): the data's own errors
+    #: weigh each pixel, and the floor (what the model need not reproduce) keeps noiseless
+    #: pixels from dominating. 0 or less: ignore known noise and use recon_sigma everywhere.
+    noise_floor: float = 0.005
     #: Doppler-equivariant decoder: z0 is the radial velocity (model/vae.py).
     velocity_dim: bool = True
     velocity_scale_kms: float = 10.0
@@ -102,10 +107,13 @@ def train(
     groups: Sequence | None = None,
     progress: bool = True,
     pixel_kms: float = 0.0,
+    noise: np.ndarray | None = None,
 ) -> TrainResult:
     """Fit a :class:`SpectrumVAE` to ``flux`` (n, p) with good-pixel mask ``good`` (n, p).
 
     ``pixel_kms`` is the grid's velocity step, needed when ``config.velocity_dim`` is on.
+    ``noise`` (n, p) is each pixel's σ in normalised flux, NaN where unknown (see
+    :func:`likelihood_sigma`).
     """
     if len(flux) < 2:
         raise ValueError("need at least two spectra to train")
@@ -128,6 +136,7 @@ def train(
         val_rows = train_rows
     x_all = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32))
     m_all = torch.from_numpy(np.ascontiguousarray(good, dtype=bool))
+    s_all = likelihood_sigma(noise, flux.shape, config)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimiser,
         max_lr=config.learning_rate,
@@ -145,9 +154,9 @@ def train(
         totals = np.zeros(3)
         for start in range(0, len(order), config.batch_size):
             rows = order[start : start + config.batch_size]
-            x, m = x_all[rows].to(device), m_all[rows].to(device)
+            x, m, sigma = x_all[rows].to(device), m_all[rows].to(device), s_all[rows].to(device)
             recon, mean, logvar = model(x, m)
-            rec = masked_gaussian_nll(recon, x, m, config.recon_sigma).mean()
+            rec = masked_gaussian_nll(recon, x, m, sigma).mean()
             kl = kl_divergence(mean, logvar).sum(dim=1).mean()
             loss = rec + beta * kl
             if model.config.velocity_dim and config.equivariance_weight > 0:
@@ -161,7 +170,7 @@ def train(
             scheduler.step()
             totals += np.array([loss.item(), rec.item(), kl.item()]) * len(rows)
         train_loss, train_rec, train_kl = totals / len(order)
-        val = evaluate(model, x_all[val_rows], m_all[val_rows], config, device)
+        val = evaluate(model, x_all[val_rows], m_all[val_rows], s_all[val_rows], config, device)
         record = {
             "epoch": epoch + 1,
             "beta": beta,
@@ -181,7 +190,7 @@ def train(
     if best[1] is not None:
         model.load_state_dict(best[1])
     model.eval()
-    final_val = evaluate(model, x_all[val_rows], m_all[val_rows], config, device)
+    final_val = evaluate(model, x_all[val_rows], m_all[val_rows], s_all[val_rows], config, device)
     metrics = {
         "best_epoch": best[2],
         "epochs_run": len(history),
@@ -192,6 +201,17 @@ def train(
         **{f"val_{k}": v for k, v in final_val.items()},
     }
     return TrainResult(model.cpu(), history, metrics, dataset_hash(flux, good))
+
+
+def likelihood_sigma(noise: np.ndarray | None, shape: tuple[int, int], config: TrainConfig) -> torch.Tensor:
+    """Per-pixel σ of the reconstruction likelihood (n, p): the known noise with the model floor
+    added in quadrature, ``recon_sigma`` where the noise is unknown (NaN, or no ``noise`` at all)."""
+    sigma = np.full(shape, config.recon_sigma, dtype=np.float32)
+    if noise is not None and config.noise_floor > 0:
+        noise = np.asarray(noise, dtype=np.float32)
+        known = np.isfinite(noise) & (noise >= 0)
+        sigma[known] = np.sqrt(noise[known] ** 2 + np.float32(config.noise_floor) ** 2)
+    return torch.from_numpy(sigma)
 
 
 def equivariance_loss(
@@ -220,15 +240,21 @@ def equivariance_loss(
 
 @torch.no_grad()
 def evaluate(
-    model: SpectrumVAE, x: torch.Tensor, m: torch.Tensor, config: TrainConfig, device: torch.device
+    model: SpectrumVAE,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    sigma: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
 ) -> dict:
     """Validation loss at the final β, with the posterior mean (no sampling): deterministic."""
     model.eval()
     totals = np.zeros(4)
     for start in range(0, len(x), 512):
-        xb, mb = x[start : start + 512].to(device), m[start : start + 512].to(device)
+        batch = slice(start, start + 512)
+        xb, mb, sb = x[batch].to(device), m[batch].to(device), sigma[batch].to(device)
         recon, mean, logvar = model(xb, mb, sample=False)
-        rec = masked_gaussian_nll(recon, xb, mb, config.recon_sigma)
+        rec = masked_gaussian_nll(recon, xb, mb, sb)
         kl = kl_divergence(mean, logvar).sum(dim=1)
         goodf = mb.float()
         rmse = torch.sqrt((goodf * (recon - xb) ** 2).sum(1) / goodf.sum(1).clamp(min=1))

@@ -126,13 +126,16 @@ def doppler_shift(flux: torch.Tensor, shift_pixels: torch.Tensor) -> torch.Tenso
 
 
 def masked_gaussian_nll(
-    recon: torch.Tensor, flux: torch.Tensor, good: torch.Tensor, sigma: float
+    recon: torch.Tensor, flux: torch.Tensor, good: torch.Tensor, sigma: float | torch.Tensor
 ) -> torch.Tensor:
-    """Per-spectrum ½Σ(good·(x−x̂)²)/σ², rescaled to the full grid length so partial spectra weigh alike."""
+    """Per-spectrum ½Σ(good·(x−x̂)²/σ²), rescaled to the full grid length so partial spectra weigh alike.
+
+    ``sigma`` is one number or a per-pixel tensor shaped like ``flux`` (each pixel's noise).
+    """
     good = good.to(flux.dtype)
     n_good = good.sum(dim=1).clamp(min=1.0)
-    sq = (good * (recon - flux) ** 2).sum(dim=1)
-    return 0.5 * sq / sigma**2 * (flux.shape[1] / n_good)
+    chi2 = (good * (recon - flux) ** 2 / sigma**2).sum(dim=1)
+    return 0.5 * chi2 * (flux.shape[1] / n_good)
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

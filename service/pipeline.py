@@ -241,6 +241,7 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
         groups=data.groups,
         progress=progress,
         pixel_kms=grid.velocity_step_kms,
+        noise=data.noise,
     )
     version = archive.next_model_version()
     checkpoint = {

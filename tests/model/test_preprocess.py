@@ -77,3 +77,33 @@ def test_augmentation_keeps_groups_and_injected_labels():
     assert np.isnan(aug.snr[aug.rv_added == 0]).all()
     noisy = aug.flux[1][aug.good[1]] - aug.flux[0][aug.good[0]]
     assert noisy.std() == pytest.approx(1 / aug.snr[1], rel=0.2)
+
+
+def test_noise_follows_ivar_through_rebin_and_normalisation():
+    # 1 Å source pixels with σ = 0.2 on flux 4, onto ~4 Å pixels: σ of the mean ≈ 0.2 / √4, / 4.
+    wave = np.arange(4000.0, 8000.0, 1.0)
+    spectrum = Spectrum(wave, np.full_like(wave, 4.0), ivar=np.full_like(wave, 1 / 0.2**2))
+    grid = Grid(4100.0, 7900.0, 1000)
+    p = prepare(spectrum, grid)
+    step = np.diff(grid.edges)
+    expected = 0.2 / np.sqrt(step) / 4.0
+    assert np.allclose(p.noise[p.good], expected[p.good], rtol=0.15)
+
+
+def test_noise_is_unknown_without_ivar_and_known_once_augmented():
+    wave = np.linspace(4000, 8000, 8000)
+    spectrum = Spectrum(wave, gaussian_line(wave, 6000.0))
+    grid = Grid(4100.0, 7900.0, 512)
+    assert np.isnan(prepare(spectrum, grid).noise).all()
+    noisy = prepare(spectrum, grid, snr=50.0, rng=np.random.default_rng(0))
+    assert np.allclose(noisy.noise[noisy.good], 1 / 50.0)
+    aug = prepare_augmented([spectrum], grid, copies=2, seed=3)
+    assert np.isnan(aug.noise[0]).all() and np.isfinite(aug.noise[1:][aug.good[1:]]).all()
+
+
+def test_masked_pixels_have_no_noise():
+    wave = np.linspace(4000, 8000, 8000)
+    mask = (wave > 6000) & (wave < 6100)
+    spectrum = Spectrum(wave, np.ones_like(wave), ivar=np.full_like(wave, 100.0), mask=mask)
+    p = prepare(spectrum, Grid(4000.0, 8000.0, 800))
+    assert np.isnan(p.noise[~p.good]).all() and np.isfinite(p.noise[p.good]).all()

@@ -133,3 +133,33 @@ def test_vae_handles_grids_not_a_power_of_two():
     model = SpectrumVAE(VAEConfig(n_pixels=1000, latent_dim=3, channels=[4, 8, 8]))
     recon, mean, logvar = model(torch.ones(2, 1000), torch.ones(2, 1000, dtype=torch.bool))
     assert recon.shape == (2, 1000) and mean.shape == (2, 3)
+
+
+def test_known_noise_weighs_pixels_and_unknown_falls_back():
+    from model.training import likelihood_sigma
+    from model.vae import masked_gaussian_nll
+
+    config = small_config(recon_sigma=0.02, noise_floor=0.005)
+    noise = np.array([[0.0, 0.1, np.nan, 0.012]], np.float32)
+    sigma = likelihood_sigma(noise, noise.shape, config)
+    assert sigma.numpy()[0] == pytest.approx([0.005, np.hypot(0.1, 0.005), 0.02, 0.013], rel=1e-5)
+    assert (likelihood_sigma(None, (2, 3), config) == 0.02).all()
+    assert (likelihood_sigma(noise, noise.shape, small_config(noise_floor=0.0)) == 0.02).all()
+    # A residual of 0.1 on a pixel with σ 0.1 costs ½, the same on a σ 0.005 pixel 200.
+    x, good = torch.ones(1, 4), torch.ones(1, 4, dtype=torch.bool)
+    recon = x.clone()
+    recon[0, 1] += 0.1
+    assert masked_gaussian_nll(recon, x, good, sigma).item() == pytest.approx(0.5 / (1 + 0.05**2), rel=1e-4)
+    recon = x.clone()
+    recon[0, 0] += 0.1
+    assert masked_gaussian_nll(recon, x, good, sigma).item() == pytest.approx(200.0, rel=1e-3)
+
+
+def test_training_with_noise_is_deterministic_and_learns():
+    flux, good, _ = toy_data()
+    noise = np.full_like(flux, 0.01)
+    noise[::2] = np.nan
+    first = train(flux, good, small_config(epochs=6), progress=False, noise=noise)
+    again = train(flux, good, small_config(epochs=6), progress=False, noise=noise)
+    assert first.history[-1]["val_recon"] < first.history[0]["val_recon"]
+    assert first.history == again.history
