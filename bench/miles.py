@@ -278,15 +278,19 @@ def markdown(r: dict) -> str:
         f"validation RMSE {r['val_rmse']:.4f}; recall@10 {r['recall_at_10']:.4f}",
         f"informative dimensions: {r['informative_dims']}; similarity dimensions: {r['similarity_dims']}",
         "",
-        "| label | best latent dim | MI (nats) | share of label's MI | best PCA comp. | PCA MI |",
-        "|---|---|---|---|---|---|",
+        "Gap: the best dimension's MI less the second best's (nats).",
+        "",
+        "| label | best latent dim | MI (nats) | gap | share of label's MI "
+        "| best PCA comp. | PCA MI | PCA gap | PCA share |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    pca_rows = [{**m, "mi": m["pca_mi"]} for m in r["mi"]]
     for name in LABELS:
-        c, p = r["concentration"].get(name), r["pca_concentration"].get(name)
-        if c:
+        c, p = analysis.concentration(r["mi"], name), analysis.concentration(pca_rows, name)
+        if c["dim"] is not None:
             lines.append(
-                f"| {name} | z{c['dim']} | {c['mi']:.2f} | {c['fraction']:.0%} "
-                f"| PC{p['dim']} | {p['mi']:.2f} |"
+                f"| {name} | z{c['dim']} | {c['mi']:.2f} | {c['gap']:.2f} | {c['fraction']:.0%} "
+                f"| PC{p['dim']} | {p['mi']:.2f} | {p['gap']:.2f} | {p['fraction']:.0%} |"
             )
     for protocol, heading in (
         ("spectra", "the 10 nearest spectra (copies of one star vote separately)"),

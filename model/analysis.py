@@ -161,14 +161,18 @@ def concentration(mi_rows: list[dict], label: str) -> dict:
     """How much of a label's information sits in its best dimension.
 
     Returns ``label``, ``dim`` (the best dimension; None when the label has no rows), ``mi``
-    (its MI), ``total_mi`` (sum over dimensions) and ``fraction`` = mi / total_mi: near 1
+    (its MI), ``total_mi`` (sum over dimensions), ``fraction`` = mi / total_mi: near 1
     means the label is concentrated in one dimension (disentangled), where PCA typically
-    spreads it. Undefined values are NaN.
+    spreads it; and ``gap``, the best dimension's MI less the second best's (nats; the
+    numerator of the mutual information gap of Chen et al. 2018). The fraction understates
+    a label such as Teff that every dimension knows something of because the other labels
+    correlate with it; the gap says whether one dimension stands out. Undefined values are NaN.
     """
-    rows = [r for r in mi_rows if r["label"] == label]
+    rows = sorted((r for r in mi_rows if r["label"] == label), key=lambda r: r["mi"], reverse=True)
     if not rows:
-        return {"label": label, "dim": None, "mi": float("nan"), "total_mi": 0.0, "fraction": float("nan")}
-    best = max(rows, key=lambda r: r["mi"])
+        nan = float("nan")
+        return {"label": label, "dim": None, "mi": nan, "total_mi": 0.0, "fraction": nan, "gap": nan}
+    best = rows[0]
     total = float(sum(r["mi"] for r in rows))
     return {
         "label": label,
@@ -176,6 +180,7 @@ def concentration(mi_rows: list[dict], label: str) -> dict:
         "mi": best["mi"],
         "total_mi": total,
         "fraction": best["mi"] / total if total > 0 else float("nan"),
+        "gap": float(best["mi"] - rows[1]["mi"]) if len(rows) > 1 else float(best["mi"]),
     }
 
 

@@ -51,6 +51,8 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tupl
     config = json.loads((directory / CONFIG_FILE).read_text())
     model = SpectrumVAE(VAEConfig.from_dict(config["vae"]))
     state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+    # Versions written before the shape axes were aligned have no rotation: the identity.
+    state.setdefault("shape_rotation", model.shape_rotation.clone())
     model.load_state_dict(state)
     model.to(device).eval()
     return model, config

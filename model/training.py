@@ -48,6 +48,10 @@ class TrainConfig:
     #: ±equivariance_shift_kms) must move z0 by exactly that velocity and leave z1…zN unchanged.
     equivariance_weight: float = 100.0
     equivariance_shift_kms: float = 300.0
+    #: After training, turn the shape dimensions onto the principal axes of the training
+    #: spectra's latent means (SpectrumVAE.align_shape_axes): distances are unchanged, and the
+    #: dominant factor lands in one dimension instead of several.
+    align_axes: bool = True
     device: str = "auto"
 
     @classmethod
@@ -190,6 +194,9 @@ def train(
     if best[1] is not None:
         model.load_state_dict(best[1])
     model.eval()
+    if config.align_axes:
+        means = posterior_means(model, x_all[train_rows], m_all[train_rows], device)
+        model.align_shape_axes(means[:, 1:] if model.config.velocity_dim else means)
     final_val = evaluate(model, x_all[val_rows], m_all[val_rows], s_all[val_rows], config, device)
     metrics = {
         "best_epoch": best[2],
@@ -236,6 +243,19 @@ def equivariance_loss(
     z0_error = (moved[:, 0] - mean[:, 0] - velocity / config.velocity_scale_kms) / Z0_TOLERANCE
     shape_error = (moved[:, 1:] - mean[:, 1:]) / SHAPE_TOLERANCE
     return 0.5 * (z0_error**2 + (shape_error**2).sum(dim=1)).mean()
+
+
+@torch.no_grad()
+def posterior_means(
+    model: SpectrumVAE, x: torch.Tensor, m: torch.Tensor, device: torch.device, batch: int = 512
+) -> torch.Tensor:
+    """Posterior means of ``x`` (n, p) with masks ``m``, in batches, on the CPU."""
+    model.eval()
+    parts = [
+        model.encode(x[s : s + batch].to(device), m[s : s + batch].to(device))[0].cpu()
+        for s in range(0, len(x), batch)
+    ]
+    return torch.cat(parts)
 
 
 @torch.no_grad()

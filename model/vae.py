@@ -9,6 +9,12 @@ With ``velocity_dim`` the decoder is Doppler-equivariant: it decodes a rest-fram
 from z1…zN and shifts it along the log-λ grid by z0 × ``velocity_scale_kms``. A shift is
 all z0 can do, so the radial velocity collects in z0 and the other dimensions are free to
 describe the star whatever its velocity — which is what "similar spectra" should mean.
+
+After training, the shape dimensions are turned onto their principal axes (``shape_rotation``,
+see :meth:`SpectrumVAE.align_shape_axes`). The prior N(0, I) and Euclidean distances do not
+change under a rotation, so neither the loss nor any neighbour does; but the β-VAE leaves the
+directions inside the latent arbitrary, and the dominant factor (for stars, Teff) is spread
+over several dimensions until it is turned onto one.
 """
 
 from __future__ import annotations
@@ -80,6 +86,9 @@ class SpectrumVAE(nn.Module):
             ]
         layers.append(nn.Conv1d(chans[-1], 1, config.kernel_size, padding=pad))
         self.decoder_conv = nn.Sequential(*layers)
+        #: Orthogonal (n_shape, n_shape): row i is the network's direction that is published as
+        #: shape dimension i. The identity while training.
+        self.register_buffer("shape_rotation", torch.eye(self.n_shape))
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         extra = self.config.padded_pixels - x.shape[-1]
@@ -91,11 +100,20 @@ class SpectrumVAE(nn.Module):
         # Normalised spectra have median 1: centre them so the network works around zero.
         x = self._pad(torch.stack([(flux - 1.0) * good, good], dim=1))
         h = self.encoder_head(self.encoder_conv(x))
-        return self.to_mean(h), self.to_logvar(h).clamp(-12.0, 8.0)
+        mean, logvar = self.to_mean(h), self.to_logvar(h).clamp(-12.0, 8.0)
+        first = 1 if self.config.velocity_dim else 0
+        rotation = self.shape_rotation
+        shape_mean = mean[:, first:] @ rotation.T
+        # The posterior is diagonal in the network's axes; published is each rotated axis's variance.
+        shape_var = logvar[:, first:].exp() @ (rotation**2).T
+        return (
+            torch.cat([mean[:, :first], shape_mean], dim=1),
+            torch.cat([logvar[:, :first], shape_var.log()], dim=1),
+        )
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Flux on the grid for latent vectors z (B, latent_dim), in the observed frame."""
-        shape = z[:, 1:] if self.config.velocity_dim else z
+        shape = (z[:, 1:] if self.config.velocity_dim else z) @ self.shape_rotation
         h = self.decoder_head(shape).view(z.shape[0], self.config.channels[-1], self.reduced)
         flux = 1.0 + self.decoder_conv(h)[:, 0, : self.config.n_pixels]
         if self.config.velocity_dim:
@@ -108,6 +126,22 @@ class SpectrumVAE(nn.Module):
         mean, logvar = self.encode(flux, good)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
         return self.decode(z), mean, logvar
+
+
+    @torch.no_grad()
+    def align_shape_axes(self, shape_means: torch.Tensor) -> None:
+        """Turn the shape dimensions onto the principal axes of ``shape_means`` (n, n_shape), the
+        posterior means of the training spectra in the current axes, largest variance first.
+
+        Each axis's sign is fixed so that its largest loading is positive: the same training
+        set gives the same axes.
+        """
+        centred = shape_means.double() - shape_means.double().mean(dim=0)
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        if vh.shape[0] < self.n_shape:  # fewer spectra than dimensions: keep the rest as they are
+            return
+        signs = torch.sign(vh.gather(1, vh.abs().argmax(dim=1, keepdim=True)))
+        self.shape_rotation.copy_((vh * signs).to(self.shape_rotation.dtype) @ self.shape_rotation)
 
 
 def doppler_shift(flux: torch.Tensor, shift_pixels: torch.Tensor) -> torch.Tensor:

@@ -84,6 +84,7 @@ def test_mutual_information_finds_the_planted_dimension(planted):
     best = concentration(rows, "teff")
     assert best["dim"] == 2 and best["mi"] == mi[2]["mi"] and best["fraction"] > 0.8
     assert best["total_mi"] == pytest.approx(sum(r["mi"] for r in rows))
+    assert best["gap"] == pytest.approx(mi[2]["mi"] - max(mi[j]["mi"] for j in (0, 1, 3)))
     assert concentration(rows, "logg")["dim"] is None
 
 

@@ -163,3 +163,39 @@ def test_training_with_noise_is_deterministic_and_learns():
     again = train(flux, good, small_config(epochs=6), progress=False, noise=noise)
     assert first.history[-1]["val_recon"] < first.history[0]["val_recon"]
     assert first.history == again.history
+
+
+def test_aligned_axes_keep_distances_and_reconstructions_and_order_variance(trained):
+    import copy
+
+    result, flux, good = trained
+    x, m = torch.from_numpy(flux), torch.from_numpy(good)
+    aligned = result.model
+    assert not torch.equal(aligned.shape_rotation, torch.eye(aligned.n_shape))  # training aligned it
+    plain = copy.deepcopy(aligned)
+    plain.shape_rotation.copy_(torch.eye(plain.n_shape))
+    with torch.no_grad():
+        z_plain, _ = plain.encode(x, m)
+        z_aligned, logvar = aligned.encode(x, m)
+        exact = "donot_use_mm_for_euclid_dist"
+        assert torch.allclose(
+            torch.cdist(z_plain, z_plain, compute_mode=exact),
+            torch.cdist(z_aligned, z_aligned, compute_mode=exact),
+            atol=1e-4,
+        )
+        assert torch.allclose(plain.decode(z_plain), aligned.decode(z_aligned), atol=1e-4)
+    variance = z_aligned.var(dim=0)
+    assert torch.all(variance[:-1] >= variance[1:] - 1e-6)  # principal axes, largest first
+    assert torch.isfinite(logvar).all()
+
+
+def test_checkpoint_without_rotation_loads_as_identity(tmp_path, trained):
+    result, _, _ = trained
+    model = SpectrumVAE(result.model.config)
+    write_version(tmp_path / "v0001", model)
+    weights = tmp_path / "v0001" / "model.pt"
+    state = torch.load(weights, weights_only=True)
+    del state["shape_rotation"]
+    torch.save(state, weights)
+    loaded, _ = load_checkpoint(tmp_path / "v0001")
+    assert torch.equal(loaded.shape_rotation, torch.eye(model.n_shape))
