@@ -119,6 +119,17 @@ def resampled_stars(groups: np.ndarray, n: int = 200, seed: int = 7) -> list[np.
     ]
 
 
+def voting_stars(space: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
+    """Mean number of distinct stars among the k nearest spectra of other stars: a space that
+    maps the copies of a star together (velocity-invariant) gets fewer independent votes."""
+    from sklearn.neighbors import NearestNeighbors
+
+    largest = int(np.bincount(groups).max())
+    _, idx = NearestNeighbors(n_neighbors=k + largest).fit(space).kneighbors(space)
+    others = [groups[row][groups[row] != groups[i]][:k] for i, row in enumerate(idx)]
+    return float(np.mean([len(set(o)) for o in others]))
+
+
 def vote_summary(errors: dict, reference: dict, samples: list[np.ndarray]) -> dict:
     """Median absolute errors with 95 % intervals, and the paired difference from ``reference``
     (the latent space) on the same resampled stars: negative means the latent votes better."""
@@ -260,6 +271,7 @@ def main() -> None:
         "pca_concentration": summary_analysis["pca_concentration"],
         "mi": [dict(r) for r in mi_rows if r["label"] in LABELS],
         "knn_vote_median_abs_error": votes,
+        "voting_stars_among_10_spectra": {name: voting_stars(sp, groups) for name, sp in spaces.items()},
         "ingest": summary,
     }
     (out / "miles.json").write_text(json.dumps(result, indent=2))
@@ -318,6 +330,11 @@ def markdown(r: dict) -> str:
                     else f"{d:+{fmt}} [{dlo:+{fmt}}, {dhi:+{fmt}}]"
                 )
             lines.append(f"| {space} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Distinct stars among the 10 nearest spectra that vote: "
+        + "; ".join(f"{name} {n:.1f}" for name, n in r.get("voting_stars_among_10_spectra", {}).items()),
+    ]
     lines += [
         "",
         "Full MI table (nats; model / PCA component of the same number):",

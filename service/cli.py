@@ -112,12 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_analysis(summary: dict) -> None:
+    nan = float("nan")
     print(f"informative dimensions: {summary['informative_dims']}")
     for label, best in summary["concentration"].items():
         pca = summary["pca_concentration"].get(label, {})
         print(
-            f"  {label:>8}: z{best['dim']} MI {best['mi']:.2f} nats ({best['fraction']:.0%} of total); "
-            f"PCA best PC{pca.get('dim')} MI {pca.get('mi', float('nan')):.2f}"
+            f"  {label:>8}: z{best['dim']} MI {best['mi']:.2f} nats, {best.get('gap', nan):.2f} above "
+            f"the next ({best['fraction']:.0%} of total); PCA best PC{pca.get('dim')} MI "
+            f"{pca.get('mi', nan):.2f}, {pca.get('gap', nan):.2f} above the next"
         )
 
 
