@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from sklearn.neighbors import NearestNeighbors
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -122,8 +123,6 @@ def resampled_stars(groups: np.ndarray, n: int = 200, seed: int = 7) -> list[np.
 def voting_stars(space: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
     """Mean number of distinct stars among the k nearest spectra of other stars: a space that
     maps the copies of a star together (velocity-invariant) gets fewer independent votes."""
-    from sklearn.neighbors import NearestNeighbors
-
     largest = int(np.bincount(groups).max())
     _, idx = NearestNeighbors(n_neighbors=k + largest).fit(space).kneighbors(space)
     others = [groups[row][groups[row] != groups[i]][:k] for i, row in enumerate(idx)]

@@ -88,15 +88,17 @@ def prepare(
     rv_kms: float = 0.0,
     snr: float | None = None,
     rng: np.random.Generator | None = None,
+    with_noise: bool = True,
 ) -> Prepared:
     """Resample one spectrum onto ``grid``; optionally Doppler-shift it and add noise (augmentation).
 
     ``rv_kms`` moves the spectrum as if its source receded at that speed; ``snr`` adds Gaussian noise
-    with σ = 1/snr to the normalised flux (the normalised median is 1).
+    with σ = 1/snr to the normalised flux (the normalised median is 1). ``with_noise=False``
+    skips propagating the noise (``Prepared.noise`` is None): only training weighs by it.
     """
     wave = spectrum.vacuum_wavelength() * (1.0 + rv_kms / C_KMS)
     variance = None
-    if spectrum.ivar is not None:
+    if with_noise and spectrum.ivar is not None:
         with np.errstate(divide="ignore"):
             variance = np.where(spectrum.ivar > 0, 1.0 / spectrum.ivar, np.inf)
     flux, bad_fraction, variance = _rebin(wave, spectrum.flux, ~spectrum.good, grid.edges, variance)
@@ -109,13 +111,13 @@ def prepare(
         # The added noise dominates what a library spectrum had (unknown counts as none).
         noise = np.hypot(np.nan_to_num(noise, nan=0.0), 1.0 / snr)
     flux = np.where(good, flux, 0.0).astype(np.float32)
-    noise = np.where(good, noise, np.nan).astype(np.float32)
+    noise = np.where(good, noise, np.nan).astype(np.float32) if with_noise else None
     return Prepared(flux=flux, good=good, scale=scale, coverage=float(good.mean()), noise=noise)
 
 
 def prepare_many(spectra: Sequence[Spectrum], grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stack :func:`prepare` over spectra: flux (n, p) float32, good (n, p) bool, coverage (n,)."""
-    prepared = [prepare(s, grid) for s in spectra]
+    prepared = [prepare(s, grid, with_noise=False) for s in spectra]
     return (
         np.stack([p.flux for p in prepared]) if prepared else np.zeros((0, grid.n_pixels), np.float32),
         np.stack([p.good for p in prepared]) if prepared else np.zeros((0, grid.n_pixels), bool),

@@ -127,7 +127,6 @@ class SpectrumVAE(nn.Module):
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
         return self.decode(z), mean, logvar
 
-
     @torch.no_grad()
     def align_shape_axes(self, shape_means: torch.Tensor) -> None:
         """Turn the shape dimensions onto the principal axes of ``shape_means`` (n, n_shape), the
