@@ -87,7 +87,9 @@ _LABEL_ALIASES: dict[str, tuple[str, ...]] = {
     "teff": ("teff",),
     "logg": ("logg",),
     "feh": ("feh", "mh", "metallicity"),
-    "rv": ("rv", "vrad", "radialvelocity", "vhelio", "heliorv"),
+    # Not HELIO_RV: in LAMOST files that is the heliocentric correction the pipeline applied, not the
+    # star's velocity (which is Z·c for stars, below). VHELIO is APOGEE's velocity of the star.
+    "rv": ("rv", "vrad", "radialvelocity", "vhelio"),
     "snr": ("snr", "snmedianall", "snrr"),  # SDSS SN_MEDIAN_ALL, LAMOST r-band SNRR
     "vsini": ("vsini",),
     "airmass": ("airmass",),
@@ -293,7 +295,7 @@ def _named_errors(path: PathArg) -> Iterator[None]:
     except SpectrumReadError:
         raise
     except Exception as exc:  # a broken file can make astropy/numpy raise almost anything
-        raise SpectrumReadError(path, f"unreadable ({type(exc).__name__}: {_brief(exc)})") from exc
+        raise SpectrumReadError(path, f"unreadable ({_brief(exc)})") from exc
 
 
 def _brief(exc: Exception) -> str:

@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from service import __version__
 from service.config import load_config
-from service.errors import DALIError
+from service.errors import DALIError, internal_error
 from service.state import ServiceState, close_archive
 from service.votable import VOTABLE_MIME, error_document
 
@@ -65,8 +65,7 @@ def http_error(exc: HTTPException) -> Response | HTTPException:
 
 
 def server_error(exc: Exception) -> Response:
-    log.exception("unexpected error on %s", request.path)
-    return error_response(f"FatalFault: internal error ({type(exc).__name__}: {exc})", 500)
+    return error_response(internal_error(log, f"unexpected error on {request.path}"), 500)
 
 
 def server_header(response: Response) -> Response:

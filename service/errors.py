@@ -7,6 +7,9 @@ service may use and DataLink 1.1 requires.
 
 from __future__ import annotations
 
+import logging
+import secrets
+
 
 class DALIError(Exception):
     """A request that cannot be answered; ``status`` is the HTTP status of the error document."""
@@ -50,3 +53,11 @@ class LimitError(DALIError):
 
     status = 413
     fault = "UsageFault"
+
+
+def internal_error(log: logging.Logger, what: str) -> str:
+    """Log the exception being handled with a reference and return the client's message, which carries
+    the reference and nothing of the code (no exception class, no traceback)."""
+    reference = secrets.token_hex(4)
+    log.exception("%s (reference %s)", what, reference)
+    return f"FatalFault: internal error (reference {reference} in the service log)"

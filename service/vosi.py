@@ -148,8 +148,8 @@ def probe_service() -> tuple[bool, list[str]]:
         archive.conn.execute("SELECT obs_publisher_did FROM spectrum LIMIT 1").fetchall()
         served = state().served_model()
     except Exception as exc:  # anything that stops queries makes the service unavailable
-        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-        log.warning("availability probe failed: %s", message)
+        message = getattr(exc, "message", None) or "the archive or the model cannot be read (see the log)"
+        log.warning("availability probe failed: %s", message, exc_info=not hasattr(exc, "message"))
         return False, [f"service unavailable: {message}"]
     return True, [f"archive readable; model version {served.version} in service ({len(served.dids)} spectra)"]
 

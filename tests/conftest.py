@@ -1,8 +1,7 @@
-"""Shared fixtures: where the bundled demo sample and the full MILES set live."""
+"""Shared fixtures: the bundled demo sample, the MILES test sample, live servers over built archives."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,11 +24,9 @@ def demo_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def miles_dir() -> Path:
-    """The full MILES set beside the checkout (``../shared/data/miles``) or $LATENTVO_MILES_DIR."""
-    path = Path(os.environ.get("LATENTVO_MILES_DIR", REPO.parent / "shared" / "data" / "miles"))
-    if not (path / "miles_spectra.fits").exists():
-        pytest.fail(f"MILES data not found at {path}; set LATENTVO_MILES_DIR")
-    return path
+    """Eight real MILES stars in the layout of the full library, none of them in the demo archive
+    (tests/data/miles/README.md). The suite needs nothing outside the repository."""
+    return REPO / "tests" / "data" / "miles"
 
 
 def small_config(root: Path, **overrides) -> dict:

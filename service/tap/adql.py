@@ -14,13 +14,16 @@ Output columns carry their metadata: a plain column reference copies its TAP_SCH
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import re
 import sqlite3
+import sys
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -34,6 +37,18 @@ from service.errors import DALIError, UsageError
 from service.tables import ColumnMeta, TableMeta, TableSet
 from service.tap import geometry
 from service.votable import Column
+
+log = logging.getLogger(__name__)
+
+#: The longest query taken, in characters (a query is text a person or a tool wrote, not data:
+#: tables come as uploads).
+MAX_QUERY_CHARS = 100_000
+#: The deepest nesting of parentheses taken. The parser recurses about 40 Python frames per level,
+#: so the interpreter's recursion limit is raised while a query is parsed and translated.
+MAX_NESTING = 500
+_FRAMES_PER_LEVEL = 45
+#: The largest integer an ADQL integer literal may have (BIGINT); larger ones are taken as reals.
+_BIGINT = 2**63 - 1
 
 
 class ADQLError(UsageError):
@@ -85,6 +100,12 @@ class _Kind:
     meta: ColumnMeta | None = None
     null: bool = False  # the NULL literal: takes the type of whatever it is combined with
 
+
+#: Expressions that never need parentheses around them.
+_ATOMS = (
+    exp.Column, exp.Literal, exp.Null, exp.Anonymous, exp.Subquery, exp.Paren,
+    exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max, exp.Coalesce, exp.Cast, exp.Case,
+)  # fmt: skip
 
 _LONG = _Kind("long")
 _INT = _Kind("int")
@@ -157,15 +178,84 @@ class SimilarityHooks(Protocol):
 def translate(
     adql: str, tables: TableSet, maxrec: int, similarity: SimilarityHooks | None = None
 ) -> Translation:
-    """SQLite SQL for an ADQL query, its output columns, and the number of rows to return."""
-    root = parse(adql)
-    translator = _Translator(tables, similarity)
-    top = _top(root)
-    sql_node, outputs = translator.query(root, None, {})
-    limit = maxrec if top is None else min(top, maxrec)
-    fetch = top if top is not None and top <= maxrec else maxrec + 1
-    sql_node.set("limit", exp.Limit(expression=exp.Literal.number(fetch)))
-    return Translation(sql_node.sql(dialect="sqlite"), [OutputColumn.of(n, k) for n, k in outputs], limit)
+    """SQLite SQL for an ADQL query, its output columns, and the number of rows to return.
+
+    Every failure is an :class:`ADQLError` (or another DALI error from a function hook): a query is
+    client input, so nothing in it may turn into a server error.
+    """
+    check_size(adql)
+    try:
+        with _recursion_headroom():
+            root = parse(adql)
+            translator = _Translator(tables, similarity)
+            top = _top(root)
+            sql_node, outputs = translator.query(root, None, {})
+            limit = maxrec if top is None else min(top, maxrec)
+            fetch = top if top is not None and top <= maxrec else maxrec + 1
+            sql_node.set("limit", exp.Limit(expression=exp.Literal.number(fetch)))
+            sql = sql_node.sql(dialect="sqlite")
+    except DALIError:
+        raise
+    except RecursionError:
+        raise ADQLError(
+            "the query is nested too deeply to translate (expressions chained or nested "
+            f"beyond about {MAX_NESTING} levels); simplify it"
+        ) from None
+    except Exception:  # a construct the translator does not expect: the client's query, not our state
+        log.warning("ADQL translation failed on %r", adql[:200], exc_info=True)
+        raise ADQLError("the query uses a construct this service cannot translate; simplify it") from None
+    return Translation(sql, [OutputColumn.of(n, k) for n, k in outputs], limit)
+
+
+def check_size(adql: str) -> None:
+    """The documented limits on a query's length and its nesting of parentheses (before any parsing)."""
+    if len(adql) > MAX_QUERY_CHARS:
+        raise ADQLError(f"the query has {len(adql)} characters; the limit is {MAX_QUERY_CHARS}")
+    depth = deepest = 0
+    for token in _tokens(adql):
+        if token.token_type == TokenType.L_PAREN:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token.token_type == TokenType.R_PAREN:
+            depth -= 1
+    if deepest > MAX_NESTING:
+        raise ADQLError(f"the query nests parentheses {deepest} deep; the limit is {MAX_NESTING}")
+
+
+def _tokens(adql: str) -> list[tokens.Token]:
+    try:
+        return ADQL().tokenize(adql)
+    except TokenError as exc:
+        raise ADQLError(f"ADQL syntax error: {_plain(str(exc))}") from None
+
+
+_headroom_lock = threading.Lock()
+_headroom_users = 0
+_saved_limit = 0
+
+
+@contextmanager
+def _recursion_headroom() -> Iterator[None]:
+    """Room for :data:`MAX_NESTING` levels of parentheses in the recursive-descent parser.
+
+    The limit is the interpreter's, shared by all threads, so it is raised while any thread is
+    inside and restored when the last one leaves. Python-to-Python calls take no C stack in
+    CPython 3.11+, so the higher limit does not risk the threads' stacks.
+    """
+    global _headroom_users, _saved_limit
+    needed = MAX_NESTING * _FRAMES_PER_LEVEL + 2000
+    with _headroom_lock:
+        if _headroom_users == 0:
+            _saved_limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(_saved_limit, needed))
+        _headroom_users += 1
+    try:
+        yield
+    finally:
+        with _headroom_lock:
+            _headroom_users -= 1
+            if _headroom_users == 0:
+                sys.setrecursionlimit(_saved_limit)
 
 
 def parse(adql: str) -> exp.Expression:
@@ -178,10 +268,10 @@ def parse(adql: str) -> exp.Expression:
         detail = exc.errors[0] if exc.errors else {}
         where = f" at line {detail.get('line')}, column {detail.get('col')}" if detail.get("line") else ""
         near = f" near {detail.get('highlight')!r}" if detail.get("highlight") else ""
-        message = _TOKEN.sub(r"\1", detail.get("description") or str(exc))
+        message = _plain(detail.get("description") or str(exc))
         raise ADQLError(f"ADQL syntax error{where}{near}: {message}") from None
     except TokenError as exc:
-        raise ADQLError(f"ADQL syntax error: {exc}") from None
+        raise ADQLError(f"ADQL syntax error: {_plain(str(exc))}") from None
     if len(statements) != 1:
         raise ADQLError("give exactly one ADQL query (no ';'-separated statements)")
     root = statements[0]
@@ -193,6 +283,53 @@ def parse(adql: str) -> exp.Expression:
 
 
 _TOKEN = re.compile(r"<Token token_type: [^,]*, text: ([^,]*),[^>]*>")
+_MISSING = re.compile(r"Required keyword: '(\w+)' missing for <class '(?:[\w.]*\.)?(\w+)'>")
+#: What an incomplete parser node is called in ADQL (sqlglot names its nodes after Python classes).
+_CONSTRUCTS = {
+    "Limit": "TOP needs a non-negative integer",
+    "Count": "COUNT needs an argument: COUNT(*) or COUNT(expression)",
+    "Sum": "SUM needs one argument",
+    "Avg": "AVG needs one argument",
+    "Min": "MIN needs one argument",
+    "Max": "MAX needs one argument",
+    "Coalesce": "COALESCE needs at least one argument",
+    "Cast": "CAST needs (expression AS type)",
+    "Order": "ORDER BY needs a column or expression",
+    "Ordered": "ORDER BY needs a column or expression",
+    "Group": "GROUP BY needs a column or expression",
+    "Where": "WHERE needs a condition",
+    "Having": "HAVING needs a condition",
+    "Join": "JOIN needs a table",
+    "Alias": "AS needs a name",
+    "TableAlias": "AS needs a name",
+    "Subquery": "a subquery is incomplete",
+    "In": "IN needs a list of values or a subquery",
+    "Between": "BETWEEN needs (low AND high)",
+    "Like": "LIKE needs a pattern",
+    "ILike": "ILIKE needs a pattern",
+    "Is": "IS needs NULL or NOT NULL",
+    "Not": "NOT needs a condition",
+    "Neg": "a minus sign needs a number or an expression",
+    "Case": "CASE needs WHEN … THEN … END",
+    "If": "WHEN needs a condition and THEN a value",
+    "Distinct": "DISTINCT needs an expression",
+    "Exists": "EXISTS needs a subquery",
+}
+#: Words of parser messages that name code, not ADQL.
+_CODE_WORDS = re.compile(r"<class '[^']*'>|\bsqlglot\b[\w.]*|\b[A-Z][a-z]+Error\b")
+
+
+def _plain(message: str) -> str:
+    """A parser message in ADQL terms: token reprs to their text, node classes to ADQL constructs."""
+    message = _TOKEN.sub(r"\1", message)
+    missing = _MISSING.search(message)
+    if missing:
+        construct = _CONSTRUCTS.get(missing.group(2))
+        if construct is None:
+            binary = missing.group(1) == "expression"
+            construct = "an operand is missing" if binary else "an expression is missing here"
+        return construct
+    return _CODE_WORDS.sub("", message).strip() or "the query cannot be parsed"
 
 
 def _top(root: exp.Expression) -> int | None:
@@ -660,6 +797,8 @@ class _Translator:
 
     def _table(self, node: exp.Table) -> TableMeta:
         parts = [node.args[k] for k in ("catalog", "db", "this") if node.args.get(k) is not None]
+        if not all(isinstance(p, exp.Identifier) and p.name for p in parts):
+            raise ADQLError(f"not a table name: {node.sql(dialect=ADQL)[:60]!r}")
         name = ".".join(p.name for p in parts)
         meta = self.tables.table(name)
         if meta is None and len(parts) == 1:  # an unqualified name that is unique across schemas
@@ -756,12 +895,18 @@ class _Translator:
             if node.is_string:
                 return exp.Literal.string(node.this), _TEXT
             integer = re.fullmatch(r"\d+", node.this) is not None
+            if integer and int(node.this) > _BIGINT:  # beyond BIGINT: SQLite reads it as a real
+                return exp.Literal.number(node.this), _DOUBLE
             return exp.Literal.number(node.this), _LONG if integer else _DOUBLE
         if isinstance(node, exp.Null):
             return exp.Null(), _NULL
         if isinstance(node, exp.Paren):
+            # Redundant parentheses go: SQLite's parser stack (100 entries before SQLite 3.46) would
+            # overflow on generated queries that wrap every term, though the tree is shallow.
+            while isinstance(node.this, exp.Paren):
+                node = node.this
             inner, kind = sub(node.this)
-            return exp.Paren(this=inner), kind
+            return (inner if isinstance(inner, _ATOMS) else exp.Paren(this=inner)), kind
         if isinstance(node, exp.Neg):
             inner, kind = sub(node.this)
             return exp.Neg(this=inner), replace(_numeric(kind), unit=kind.unit)
@@ -867,7 +1012,9 @@ class _Translator:
         )
 
     def _aggregate(self, node: exp.Expression, sub) -> tuple[exp.Expression, _Kind]:
-        if node.expressions:
+        if node.expressions or node.this is None:
+            if isinstance(node, exp.Count) and node.this is None:
+                raise ADQLError("COUNT needs an argument: COUNT(*) or COUNT(expression)")
             raise ADQLError(f"{node.key.upper()} takes one argument")
         argument = node.this
         if isinstance(argument, exp.Star):
@@ -969,6 +1116,8 @@ class _Translator:
             if cone is None:
                 continue
             column, center, radius = cone
+            if not (math.isfinite(center) and math.isfinite(radius)) or radius >= 180:
+                continue  # the whole sky, or no number: no range helps
             translated, _ = self.expr(column, scope)
             low, high = exp.Literal.number(repr(center - radius)), exp.Literal.number(repr(center + radius))
             bounds.append(exp.Between(this=translated, low=low, high=high))
@@ -1015,7 +1164,7 @@ class _Translator:
         """The neighbour DIDs when reference, k and dims are literals (checked either way)."""
         ref = _string(args[1])
         k_value = _number(args[2])
-        if k_value is not None and (k_value != int(k_value) or not 1 <= k_value <= _SIMILARITY_MAX_K):
+        if k_value is not None and not (1 <= k_value <= _SIMILARITY_MAX_K and k_value == int(k_value)):
             raise ADQLError(
                 f"ml_knn: k must be an integer from 1 to {_SIMILARITY_MAX_K}, not {args[2].sql()}"
             )
@@ -1337,7 +1486,9 @@ def register_functions(conn: sqlite3.Connection, similarity: SimilarityHooks | N
     """
     conn.execute("PRAGMA case_sensitive_like = ON")
     for name, (function, nargs) in _PYTHON_FUNCTIONS.items():
-        conn.create_function(name, nargs, _captured(name, _numeric_function(function)), deterministic=True)
+        adql_name = name.removeprefix("adql_").upper()  # what the query called it
+        wrapped = _captured(adql_name, _numeric_function(function))
+        conn.create_function(name, nargs, wrapped, deterministic=True)
     conn.create_function("adql_rand", -1, _captured("RAND", _rand))
     geometry.register(conn, wrap=lambda f: _captured(f.__name__.replace("sql_", "").upper(), f))
     knn, distance = _similarity_functions(similarity)

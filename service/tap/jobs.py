@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,7 +47,7 @@ from flask import Flask, current_app
 
 from model.atomic import atomic_path
 from service.archive import SCHEMA_FILE
-from service.errors import DALIError, NotFoundError, TransientError, UsageError
+from service.errors import DALIError, NotFoundError, TransientError, UsageError, internal_error
 from service.params import Params
 from service.tap import upload
 
@@ -76,8 +76,11 @@ SWEEP_S = 5.0
 #: A running job's heartbeat older than this means its process died.
 STALE_S = 60.0
 _SCHEMA_MARK = "-- == UWS jobs =="
-#: Orphaned job directories (no job row: a crash between the two) are removed after this many seconds.
+#: Job directories without a job row (a crash while a job was being created) are removed after this many
+#: seconds: younger ones may belong to a job another process is creating right now.
 ORPHAN_S = 600.0
+#: Where a removed job's files go (by one rename) before its row is deleted; emptied by every sweep.
+TRASH = ".trash"
 
 
 class JobStateError(DALIError):
@@ -368,7 +371,12 @@ class JobService:
     # -- lifecycle
 
     def get(self, job_id: str) -> Job:
+        """The job; one past its destruction time is removed now rather than at the next sweep."""
         job = self.store.get(job_id) if _plausible(job_id) else None
+        if job is not None and job.destruction < now():
+            self._cancel(job_id)
+            remove_job(self.store, self.root, job_id)
+            job = None
         if job is None:
             raise NotFoundError(f"no job {job_id!r} (it may have been deleted or destroyed)")
         return job
@@ -493,9 +501,8 @@ class JobService:
     def delete(self, job_id: str) -> None:
         """UWS-07: the job, its running work and its files go; every job URL answers 404 afterwards."""
         self.get(job_id)
-        self.store.delete(job_id)
         self._cancel(job_id)
-        shutil.rmtree(self.directory(job_id), ignore_errors=True)
+        remove_job(self.store, self.root, job_id)
         self._notify()
 
     def wait(self, job_id: str, seconds: float, phase: str | None = None) -> Job:
@@ -567,9 +574,8 @@ class JobService:
                 self._fail(job_id, message, "fatal")
         except DALIError as exc:
             self._fail(job_id, exc.text(), "transient" if isinstance(exc, TransientError) else "fatal")
-        except Exception as exc:
-            log.exception("job %s failed", job_id)
-            self._fail(job_id, f"FatalFault: internal error ({type(exc).__name__}: {exc})", "fatal")
+        except Exception:
+            self._fail(job_id, internal_error(log, f"job {job_id} failed"), "fatal")
 
     def _parts(self, job_id: str) -> upload.PartReader:
         """``param:`` uploads of a job: the files saved at creation."""
@@ -654,22 +660,52 @@ class JobService:
         self._notify()
 
 
-def reap(store: JobStore, root: Path, here: str = "") -> None:
-    """Delete jobs past their destruction time (and their files); jobs of dead processes → ERROR."""
+def remove_job(store: JobStore, root: Path, job_id: str) -> bool:
+    """Remove a job in an order a crash cannot turn into files nobody removes.
+
+    1. the row is marked expired (a crash now: the next sweep removes the job);
+    2. the directory is renamed into the trash (one atomic step: the job's files are gone from
+       where it is looked up before its row is);
+    3. the row is deleted (a crash before: an expired row without files, reaped by the next sweep);
+    4. the trash copy is removed (a crash before: every sweep empties the trash).
+
+    Returns whether the row existed.
+    """
+    store.execute(
+        "UPDATE uws_job SET destruction = ? WHERE job_id = ?", (stored(now() - timedelta(seconds=1)), job_id)
+    )
+    directory = root / job_id
+    trash = root / TRASH / f"{job_id}-{secrets.token_hex(4)}"
+    if directory.exists():
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        with suppress(FileNotFoundError):  # removed by another process meanwhile
+            directory.rename(trash)
+    existed = store.delete(job_id)
+    shutil.rmtree(trash, ignore_errors=True)
+    return existed
+
+
+def reap(store: JobStore, root: Path, here: str = "", orphan_age: float = ORPHAN_S) -> None:
+    """Remove jobs past their destruction time (with their files), empty the trash, remove job
+    directories without a row older than ``orphan_age`` s; jobs of dead processes → ERROR."""
     expired = store.ids("SELECT job_id FROM uws_job WHERE destruction < ?", (stored(now()),))
     for job_id in expired:
-        store.delete(job_id)
-        shutil.rmtree(root / job_id, ignore_errors=True)
+        remove_job(store, root, job_id)
     for job_id in store.abandoned(here):
         store.change(
             job_id, (EXECUTING,), phase=ERROR, end_time=now(), error_type="transient", error_message=RESTARTED
         )
-    if root.is_dir():
-        known = set(store.ids("SELECT job_id FROM uws_job"))
-        for directory in root.iterdir():
-            orphan = directory.name not in known and _plausible(directory.name)
-            if orphan and directory.is_dir() and time.time() - directory.stat().st_mtime > ORPHAN_S:
-                shutil.rmtree(directory, ignore_errors=True)
+    if not root.is_dir():
+        return
+    trash = root / TRASH
+    if trash.is_dir():
+        for leftover in trash.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    known = set(store.ids("SELECT job_id FROM uws_job"))
+    for directory in root.iterdir():
+        orphan = directory.name not in known and _plausible(directory.name)
+        if orphan and directory.is_dir() and time.time() - directory.stat().st_mtime > orphan_age:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _plausible(job_id: str) -> bool:

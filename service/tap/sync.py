@@ -97,9 +97,7 @@ def run_tap(
     runs) stops the query early, as ``timeout`` does.
     """
     tap = tap_request(params)
-    config = state().config["service"]
-    limit, fetch_timeout = int(config["upload_limit"]), float(config["upload_timeout"])
-    extra = upload.load_uploads(state().archive().conn, tap.uploads, parts, limit, fetch_timeout)
+    extra = upload.load_uploads(state().archive().conn, tap.uploads, parts, state().config["service"])
     result = run_query(tap.query, tap.limit, timeout, extra_tables=extra, interrupt=interrupt)
     return result_response(result, tap.fmt, runid=tap.runid, query=tap.query)
 
@@ -160,7 +158,7 @@ def execute(
         cursor = conn.execute(translation.sql)
         rows = cursor.fetchmany(translation.limit + 1)
         cursor.close()
-    except sqlite3.OperationalError as exc:
+    except sqlite3.Error as exc:  # OperationalError mostly; DataError for values SQLite cannot hold
         raise _query_error(exc, timeout) from None
     finally:
         conn.set_progress_handler(None, 0)
@@ -176,7 +174,7 @@ def _stopper(timeout: float | None, interrupt: Callable[[], bool] | None) -> Cal
     return lambda: int(time.monotonic() > deadline or asked())
 
 
-def _query_error(exc: sqlite3.OperationalError, timeout: float | None) -> DALIError:
+def _query_error(exc: sqlite3.Error, timeout: float | None) -> DALIError:
     """What the client is told when SQLite stops: a timeout, a function's complaint, or SQLite's."""
     message = str(exc)
     if message == "interrupted":
@@ -189,6 +187,11 @@ def _query_error(exc: sqlite3.OperationalError, timeout: float | None) -> DALIEr
     cause = function_error()
     if cause is not None:
         return cause
+    if message in ("parser stack overflow",) or message.startswith("Expression tree is too large"):
+        return ADQLError(
+            "the query nests operations or function calls deeper than the database engine allows "
+            f"({message}); simplify it"
+        )
     if message.startswith(("no such table", "no such column")):
         return DALIError(f"the archive database does not match its table metadata ({message})", 500)
     return ADQLError(f"the query cannot be run: {message}")

@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import io
 import re
-import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
-import requests
 from astropy.io.votable import parse as parse_votable
 from astropy.io.votable.tree import Field, TableElement
 
 from service.dali import text_value
 from service.errors import LimitError, UsageError
+from service.fetch import bounded, fetch_url
 from service.params import Params
 from service.tables import ColumnMeta, TableMeta
 from service.tap import geometry
@@ -116,11 +115,14 @@ def request_parts(params: Params) -> PartReader:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def read_upload(spec: UploadSpec, parts: PartReader, limit: int, timeout: float) -> bytes:
-    """The bytes of one uploaded table, at most ``limit`` of them."""
+def read_upload(
+    spec: UploadSpec, parts: PartReader, limit: int, timeout: float, allow: Sequence[str]
+) -> bytes:
+    """The bytes of one uploaded table, at most ``limit`` of them; URLs only from hosts ``allow`` admits."""
     field = spec.part
     if field is None:
-        return fetch(spec, limit, timeout)
+        what = f"UPLOAD {spec.name}"
+        return fetch_url(spec.uri, what, limit, timeout, allow, lambda: too_large(spec.name, limit))
     stream = parts(field)
     if stream is None:
         raise UsageError(
@@ -133,39 +135,7 @@ def read_upload(spec: UploadSpec, parts: PartReader, limit: int, timeout: float)
 def read_stream(stream: BinaryIO, limit: int, name: str) -> bytes:
     """All of a multipart part (then closed), refused beyond ``limit`` bytes."""
     with stream:
-        return bounded(iter(lambda: stream.read(_CHUNK), b""), limit, name)
-
-
-def fetch(spec: UploadSpec, limit: int, timeout: float) -> bytes:
-    """GET an http(s) upload: refused beyond ``limit`` bytes or ``timeout`` seconds in all."""
-    deadline = time.monotonic() + timeout
-    try:
-        with requests.get(spec.uri, stream=True, timeout=timeout) as response:
-            if response.status_code != 200:
-                raise UsageError(f"UPLOAD {spec.name}: {spec.uri} answered HTTP {response.status_code}")
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise too_large(spec.name, limit)
-            return bounded(_until(response.iter_content(_CHUNK), deadline, spec), limit, spec.name)
-    except requests.RequestException as exc:
-        raise UsageError(f"UPLOAD {spec.name}: cannot fetch {spec.uri}: {exc}") from None
-
-
-def _until(chunks: Iterable[bytes], deadline: float, spec: UploadSpec) -> Iterator[bytes]:
-    for chunk in chunks:
-        if time.monotonic() > deadline:
-            raise UsageError(f"UPLOAD {spec.name}: fetching {spec.uri} took too long")
-        yield chunk
-
-
-def bounded(chunks: Iterable[bytes], limit: int, name: str) -> bytes:
-    """Join chunks, refusing more than ``limit`` bytes (without reading much beyond it)."""
-    data = bytearray()
-    for chunk in chunks:
-        data += chunk
-        if len(data) > limit:
-            raise too_large(name, limit)
-    return bytes(data)
+        return bounded(iter(lambda: stream.read(_CHUNK), b""), limit, lambda: too_large(name, limit))
 
 
 def too_large(name: str, limit: int) -> LimitError:
@@ -182,7 +152,7 @@ def read_votable(data: bytes, name: str) -> TableElement:
             warnings.simplefilter("ignore")
             return parse_votable(io.BytesIO(data), verify="ignore").get_first_table()
     except Exception as exc:  # astropy raises many kinds for bad input; all mean "not a VOTable we can read"
-        raise UsageError(f"UPLOAD {name}: not a readable VOTable ({type(exc).__name__}: {exc})") from None
+        raise UsageError(f"UPLOAD {name}: not a readable VOTable ({exc})") from None
 
 
 # -- loading into the connection --------------------------------------------------------------
@@ -196,13 +166,17 @@ class _Column:
 
 
 def load_uploads(
-    conn, specs: list[UploadSpec], parts: PartReader, limit: int, timeout: float
+    conn, specs: list[UploadSpec], parts: PartReader, config: dict
 ) -> list[TableMeta]:
-    """Read every upload and create its TEMP table on ``conn``; the TableMeta to query it with."""
+    """Read every upload and create its TEMP table on ``conn``; the TableMeta to query it with.
+
+    ``config`` is the ``[service]`` section: upload_limit, upload_timeout, upload_url_allow.
+    """
+    limit, timeout = int(config["upload_limit"]), float(config["upload_timeout"])
     tables = []
     used = 0
     for spec in specs:
-        data = read_upload(spec, parts, limit - used, timeout)
+        data = read_upload(spec, parts, limit - used, timeout, config["upload_url_allow"])
         used += len(data)
         tables.append(create_table(conn, spec.name, read_votable(data, spec.name)))
     return tables

@@ -212,8 +212,15 @@ def test_uploads_are_visible_to_their_query_only(live_server, tap):
 # -- URLs, names, odd columns --------------------------------------------------------------------
 
 
-def test_upload_by_url_of_the_service_itself(live_server):
-    """DALI-04 http: the table is fetched from a URL (here a /tap/sync query of this very service)."""
+def allow_urls(monkeypatch, server, *entries: str) -> None:
+    """Let uploads be fetched from these non-public hosts (``[service] upload_url_allow``)."""
+    monkeypatch.setitem(server.config["service"], "upload_url_allow", list(entries))
+
+
+def test_upload_by_url_of_the_service_itself(live_server, monkeypatch):
+    """DALI-04 http: the table is fetched from a URL (here a /tap/sync query of this very service, on a
+    loopback address the operator has allowed)."""
+    allow_urls(monkeypatch, live_server, "127.0.0.1")
     query = "SELECT TOP 4 obs_publisher_did, teff FROM ivoa.obscore ORDER BY obs_publisher_did"
     source = f"{live_server.url}/tap/sync?LANG=ADQL&QUERY={quote(query)}"
     response = sync_post(
@@ -303,7 +310,8 @@ def test_bad_upload_parameters_are_usage_errors(live_server, upload, expected):
     assert expected in error_text(response)
 
 
-def test_unreadable_and_unreachable_uploads(live_server):
+def test_unreadable_and_unreachable_uploads(live_server, monkeypatch):
+    allow_urls(monkeypatch, live_server, "127.0.0.0/8")
     response = sync_post(
         live_server,
         {"QUERY": "SELECT * FROM TAP_UPLOAD.t1", "UPLOAD": "t1,param:f"},

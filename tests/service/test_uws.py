@@ -417,6 +417,90 @@ def test_reaper_removes_expired_jobs_and_files(live_server):
     assert not directory.exists()
 
 
+def test_expired_job_is_gone_with_its_files_at_once(live_server):
+    """No 404 while the files stay: a job past its destruction time is removed when it is asked for."""
+    url = create(live_server, QUERY=QUERY, PHASE="RUN")
+    wait_for(url, FINAL)
+    directory = jobs_dir(live_server) / url.rsplit("/", 1)[1]
+    past = (datetime.now(UTC) - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert post(f"{url}/destruction", DESTRUCTION=past).status_code == 303
+    assert requests.get(url, timeout=30).status_code == 404
+    assert not directory.exists()
+    assert not any((jobs_dir(live_server) / jobs.TRASH).glob(f"{directory.name}*"))
+
+
+@pytest.fixture()
+def job_store(tmp_path):
+    """A job store on an archive database of its own, with one expired job that has a result file."""
+    from service.archive import Archive
+
+    Archive(tmp_path).close()
+    database = tmp_path / "archive.sqlite"
+    store = jobs.JobStore(database)
+    root = tmp_path / "jobs"
+    job_id = "00000000000000cc"
+    _insert_job(database, job_id, "COMPLETED", None, None)
+    store.execute("UPDATE uws_job SET destruction = ? WHERE job_id = ?", ("2000-01-01T00:00:00.000", job_id))
+    (root / job_id).mkdir(parents=True)
+    (root / job_id / "result").write_bytes(b"<VOTABLE/>")
+    yield store, root, job_id
+    store.close()
+
+
+def _left(store, root, job_id) -> tuple[bool, list[Path]]:
+    """Whether the job's row is still there, and the files anywhere under the jobs folder."""
+    return store.get(job_id) is not None, sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_reaper_removes_files_before_the_row(job_store, monkeypatch):
+    store, root, job_id = job_store
+    seen = []
+    delete = store.delete
+    monkeypatch.setattr(store, "delete", lambda j: (seen.append((root / j).exists()), delete(j))[1])
+    jobs.reap(store, root)
+    assert seen == [False]  # when the row went, the job's folder was already out of the way
+    assert _left(store, root, job_id) == (False, [])
+
+
+@pytest.mark.parametrize("crash_at", ["rename", "delete", "rmtree"])
+def test_a_crash_while_reaping_leaves_nothing_after_the_next_sweep(job_store, monkeypatch, crash_at):
+    """Whichever step a crash interrupts, what is left is an expired row or trash, both swept next time."""
+    store, root, job_id = job_store
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt(f"killed at {crash_at}")
+
+    with monkeypatch.context() as patch:
+        if crash_at == "rename":
+            patch.setattr(Path, "rename", crash)
+        elif crash_at == "delete":
+            patch.setattr(store, "delete", crash)
+        else:
+            patch.setattr(jobs.shutil, "rmtree", crash)
+        with pytest.raises(KeyboardInterrupt):
+            jobs.reap(store, root)
+    row, files = _left(store, root, job_id)
+    assert row or all(jobs.TRASH in f.parts for f in files)  # never files without a row outside the trash
+    jobs.reap(store, root)
+    assert _left(store, root, job_id) == (False, [])
+
+
+def test_orphan_folders_are_swept_at_startup(job_store):
+    """Folders without a job row (a crash while a job was created) go when old enough to be nobody's."""
+    import os
+
+    store, root, _ = job_store
+    old, young = root / "00000000000000dd", root / "00000000000000ee"
+    for folder in (old, young):
+        (folder / "uploads").mkdir(parents=True)
+        (folder / "uploads" / "t1").write_bytes(b"x")
+    long_ago = time.time() - jobs.ORPHAN_S - 60
+    os.utime(old, (long_ago, long_ago))
+    (root / "not-a-job").mkdir()
+    jobs.reap(store, root)
+    assert not old.exists() and young.exists() and (root / "not-a-job").exists()
+
+
 def _insert_job(database: Path, job_id: str, phase: str, runner: str | None, heartbeat: float | None) -> None:
     now = jobs.stored(datetime.now(UTC))
     later = jobs.stored(datetime.now(UTC) + timedelta(days=1))
