@@ -1,4 +1,4 @@
-"""Mutation fuzzing of a running service: ADQL on /tap/sync, and the parameters of SSAP, DataLink and /similar.
+"""Mutation fuzzing of a running service: ADQL on /tap/sync; SSAP, DataLink and /similar parameters.
 
 Every answer must be a VOTable with a status below 500, an error answer must be a DALI error
 document (INFO name="QUERY_STATUS" value="ERROR"), and no message may show code: Python class
@@ -42,15 +42,18 @@ CODE_LEAK = re.compile(
 
 # -- ADQL ---------------------------------------------------------------------------------------
 
-TOKEN = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?|\w+|<=|>=|<>|!=|\|\||\S")
+TOKEN = re.compile(
+    r"'(?:[^']|'')*'|\"[^\"]*\"|\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?|\w+|<=|>=|<>|!=|\|\||\S"
+)
+KEYWORDS = (
+    "SELECT TOP DISTINCT FROM WHERE AND OR NOT IN BETWEEN LIKE ILIKE IS NULL ORDER BY GROUP HAVING JOIN "
+    "LEFT RIGHT FULL OUTER INNER NATURAL ON USING AS UNION INTERSECT EXCEPT ALL WITH EXISTS CASE WHEN "
+    "THEN ELSE END CAST OFFSET ASC DESC COUNT SUM AVG MIN MAX COALESCE POINT CIRCLE POLYGON BOX CONTAINS "
+    "INTERSECTS DISTANCE AREA COORD1 COORD2 CENTROID ABS SQRT LOG LOG10 EXP POWER MOD ROUND TRUNCATE "
+    "RAND LOWER UPPER IN_UNIT ml_knn ml_distance ( ) ( ) , , . * + - / || = < > <= >= <> ; -- '"
+)
 VOCABULARY = [
-    *"SELECT TOP DISTINCT FROM WHERE AND OR NOT IN BETWEEN LIKE ILIKE IS NULL ORDER BY GROUP HAVING "
-    "JOIN LEFT RIGHT FULL OUTER INNER NATURAL ON USING AS UNION INTERSECT EXCEPT ALL WITH EXISTS CASE "
-    "WHEN THEN ELSE END CAST OFFSET ASC DESC".split(),
-    *"COUNT SUM AVG MIN MAX COALESCE POINT CIRCLE POLYGON BOX CONTAINS INTERSECTS DISTANCE AREA "
-    "COORD1 COORD2 CENTROID ABS SQRT LOG LOG10 EXP POWER MOD ROUND TRUNCATE RAND LOWER UPPER "
-    "IN_UNIT ml_knn ml_distance".split(),
-    *"( ) ( ) , , . * + - / || = < > <= >= <> ; -- '".split(),
+    *KEYWORDS.split(" "),
     "1", "0", "-1", "3.14", "1e999", "-1e999", "1e-999", "99999999999999999999999",
     "9223372036854775808", "-9223372036854775809", "0x10", "1.2.3", "''", "'x''y'", "'\u00e9\u4e2d'",
     '"odd col"', '""', "TAP_UPLOAD.t1", "ivoa.obscore", "ml.latent", "TAP_SCHEMA.columns", "'ICRS'",
@@ -168,8 +171,10 @@ ODD_VALUES = [
     "'; DROP TABLE spectrum; --", "<x/>", "%", "../../etc/passwd", "ivo://latentvo.example/~?miles/x",
     "1 2 3", "0 0 0", "99 100", "-3", "1.5", "1,,2", "x" * 5000, "\u202e\u4e2d", "true", "null",
 ]  # fmt: skip
-SSAP_PARAMS = ["POS", "SIZE", "BAND", "TIME", "FORMAT", "MAXREC", "TOP", "COLLECTION", "TARGETNAME",
-               "PUBDID", "SIMILAR_TO", "K", "DIMS", "WEIGHTS", "REQUEST", "VERSION", "RESPONSEFORMAT"]  # fmt: skip
+SSAP_PARAMS = [
+    "POS", "SIZE", "BAND", "TIME", "FORMAT", "MAXREC", "TOP", "COLLECTION", "TARGETNAME",
+    "PUBDID", "SIMILAR_TO", "K", "DIMS", "WEIGHTS", "REQUEST", "VERSION", "RESPONSEFORMAT",
+]  # fmt: skip
 DATALINK_PARAMS = ["ID", "RESPONSEFORMAT", "K", "DIMS", "MAXREC"]
 SIMILAR_PARAMS = ["ID", "K", "DIMS", "WEIGHTS", "INDEX", "MAXREC", "RESPONSEFORMAT", "UPLOAD"]
 
@@ -342,13 +347,7 @@ def report(args: argparse.Namespace, url: str, rng: random.Random) -> None:
     started = time.perf_counter()
     params = run_params(url, cases, args.workers)
     params_s = time.perf_counter() - started
-    results = {
-        "seeds": len(seeds),
-        "adql": {"queries": adql.cases, "seconds": round(adql_s, 1), "by_status": dict(adql.by_status),
-                 "problems": len(adql.problems), "examples": adql.problems[:50]},
-        "params": {"requests": params.cases, "seconds": round(params_s, 1), "by_status": dict(params.by_status),
-                   "problems": len(params.problems), "examples": params.problems[:50]},
-    }  # fmt: skip
+    results = {"seeds": len(seeds), "adql": summary(adql, adql_s), "params": summary(params, params_s)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fuzz.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -360,7 +359,8 @@ def report(args: argparse.Namespace, url: str, rng: random.Random) -> None:
         "",
         "| target | requests | seconds | by HTTP status | problems |",
         "|---|---|---|---|---|",
-        f"| ADQL on /tap/sync | {adql.cases} | {adql_s:.0f} | {_statuses(adql.by_status)} | {len(adql.problems)} |",
+        f"| ADQL on /tap/sync | {adql.cases} | {adql_s:.0f} | {_statuses(adql.by_status)} | "
+        f"{len(adql.problems)} |",
         f"| SSAP, DataLink, /similar parameters | {params.cases} | {params_s:.0f} | "
         f"{_statuses(params.by_status)} | {len(params.problems)} |",
         "",
@@ -371,6 +371,16 @@ def report(args: argparse.Namespace, url: str, rng: random.Random) -> None:
         lines.append(f"- {problem_text[:300]}")
     (out / "fuzz.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def summary(tally: Tally, seconds: float) -> dict:
+    return {
+        "requests": tally.cases,
+        "seconds": round(seconds, 1),
+        "by_status": dict(tally.by_status),
+        "problems": len(tally.problems),
+        "examples": tally.problems[:50],
+    }
 
 
 def _statuses(counts: Counter) -> str:

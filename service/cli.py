@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -138,7 +139,8 @@ def serve(config: dict, args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace, progress: bool) -> int:
     """Every stage on the bundled sample, then serve it (unless --no-serve)."""
     overrides = {"archive": {"root": args.root}} if args.root else None
-    config = with_public_url(load_config(args.config or DEMO_DIR / "demo.toml", overrides), args)
+    config_file = args.config or DEMO_DIR / "demo.toml"
+    config = with_public_url(load_config(config_file, overrides), args)
     archive = Archive.from_config(config)
     try:
         ready = not args.rebuild and archive.current_model() is not None
@@ -166,7 +168,26 @@ def demo(args: argparse.Namespace, progress: bool) -> int:
             f"model version {version}, recall@10 {result['recall_at_k']:.3f}"
         )
     archive.close()
-    return 0 if args.no_serve else serve(config, args)
+    if args.no_serve:
+        return 0
+    exec_serve(args, config_file, archive.root)
+    return 0
+
+
+def exec_serve(args: argparse.Namespace, config_file: str | Path, root: Path) -> None:
+    """Replace this process by ``latentvo serve`` on the archive at ``root``.
+
+    The build has run torch in this process; gunicorn workers forked from it would hang in torch's
+    thread pools. A fresh process image has never run torch, and keeps the PID, so the signals a
+    user or a supervisor sends to ``latentvo demo`` reach the server.
+    """
+    argv = [sys.executable, "-m", "service.cli", "--config", str(config_file)]
+    argv += ["--quiet"] * args.quiet + ["serve", "--host", args.host, "--port", str(args.port)]
+    argv += ["--workers", str(args.workers)] + ["--debug"] * args.debug
+    env = {**os.environ, "LATENTVO_ARCHIVE_ROOT": str(root.resolve())}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
 
 
 if __name__ == "__main__":

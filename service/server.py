@@ -1,4 +1,10 @@
-"""Running the service: gunicorn with N workers for production, Flask's server for debugging."""
+"""Running the service: gunicorn with N workers for production, Flask's server for debugging.
+
+The master process never runs torch: each worker builds the app and loads the model after the
+fork (a fork after torch has started its thread pools deadlocks the child). SIGTERM stops the
+server gracefully within ``GRACEFUL_S`` seconds (requests in flight finish, running UWS jobs are
+told to stop and are taken up again after a restart), SIGINT (Ctrl-C) at once.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from service.app import SERVER_HEADER, create_app
 gunicorn.http.wsgi.SERVER = SERVER_HEADER
 
 log = logging.getLogger(__name__)
+#: Seconds a worker has after SIGTERM to finish its requests before it is killed.
+GRACEFUL_S = 5
 
 
 class GunicornServer(BaseApplication):
@@ -27,8 +35,10 @@ class GunicornServer(BaseApplication):
 
     def load_config(self) -> None:
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # settings newer gunicorns added are skipped on older ones
+                self.cfg.set(key, value)
         self.cfg.set("post_worker_init", warm_up)
+        self.cfg.set("worker_exit", stop_jobs)
 
     def load(self):
         return create_app(self.latentvo_config)
@@ -46,6 +56,21 @@ def warm_up(worker) -> None:
             served.model.index  # noqa: B018  (maps the Annoy file)
         except DALIError as exc:
             log.warning("worker %s starts without a model: %s", worker.pid, exc)
+            return
+        log.info(
+            "latentvo ready at %s: worker %s serves model version %s (%d spectra)",
+            state().base_url,
+            worker.pid,
+            served.version,
+            len(served.dids),
+        )
+
+
+def stop_jobs(_arbiter, worker) -> None:
+    """A worker leaving: stop its UWS job threads, so that it exits promptly."""
+    from service.tap.jobs import stop_job_service
+
+    stop_job_service(worker.wsgi)
 
 
 def serve(config: dict, host: str, port: int, workers: int, debug: bool = False) -> None:
@@ -58,6 +83,9 @@ def serve(config: dict, host: str, port: int, workers: int, debug: bool = False)
         "worker_class": "gthread",
         "threads": 4,
         "timeout": int(config["service"]["sync_timeout"]) + 30,
+        "graceful_timeout": GRACEFUL_S,
+        # gunicorn 24+ opens a control socket in $HOME: one per user, so two servers would collide.
+        "control_socket_disable": True,
         "accesslog": "-",
         "errorlog": "-",
     }

@@ -732,6 +732,13 @@ def job_service() -> JobService:
     return found
 
 
+def stop_job_service(app: Flask) -> None:
+    """Close this process's job service of ``app``, if it has started one (a worker shutting down)."""
+    found = app.extensions.pop(_EXTENSION, None)
+    if found is not None and found.pid == os.getpid():
+        found.close()
+
+
 def startup_sweep(app: Flask) -> None:
     """Once when the app is built: reap expired jobs and those a dead process left EXECUTING.
 

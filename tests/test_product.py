@@ -1,0 +1,128 @@
+"""The product path as a user runs it: ``latentvo demo`` on an empty archive root, as a subprocess.
+
+It builds the bundled demo archive (ingest, train, encode, analyse, index: torch runs in that
+process), then serves it with gunicorn. The first request must be answered (a fork after torch
+has run used to hang every worker), TAP, SSAP, DataLink and an upload to /similar must work
+with real clients, and SIGTERM (and Ctrl-C on a second start) must stop the server in seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pyvo
+import requests
+from astropy.io.votable import parse
+
+from bench.heldout import heldout_stars, write_fits_image
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+#: The demo build takes about a minute on a quiet 2-core machine; CI machines may be busier.
+BUILD_TIMEOUT_S = 900
+STOP_TIMEOUT_S = 10
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def latentvo() -> list[str]:
+    """The console script a user runs (beside this Python), or the module behind it."""
+    script = Path(sys.executable).parent / "latentvo"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+
+
+def start_demo(root: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTVO_")}
+    command = [*latentvo(), "--quiet", "demo", "--root", str(root), "--port", str(port)]
+    with log.open("ab") as out:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for_availability(url: str, process: subprocess.Popen, log: Path, timeout: float) -> float:
+    """Seconds until /tap/availability answers that the service is available."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            pytest.fail(f"latentvo demo exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            response = requests.get(f"{url}/tap/availability", timeout=5)
+            if response.status_code == 200 and "<vosi:available>true</vosi:available>" in response.text:
+                return time.monotonic() - started
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"no answer from {url} within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+def stop(process: subprocess.Popen, how: signal.Signals, url: str) -> float:
+    """Send ``how`` and return the seconds until the process (the gunicorn master) has exited."""
+    started = time.monotonic()
+    process.send_signal(how)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the server did not stop within {STOP_TIMEOUT_S} s of {how.name}")
+    with pytest.raises(requests.ConnectionError):  # no worker is left listening
+        requests.get(f"{url}/tap/availability", timeout=5)
+    return time.monotonic() - started
+
+
+def test_demo_from_an_empty_root_answers_and_stops(tmp_path, miles_dir):
+    root, log = tmp_path / "archive", tmp_path / "demo.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_demo(root, port, log)
+    try:
+        first_answer_s = wait_for_availability(url, process, log, BUILD_TIMEOUT_S)
+        output = log.read_text()
+        assert "demo archive ready" in output  # it was built, in this very process
+        assert f"latentvo ready at {url}" in output  # the log line a user waits for
+        print(f"\nfirst answer {first_answer_s:.0f} s after `latentvo demo` started")
+
+        tap = pyvo.dal.TAPService(f"{url}/tap")
+        rows = tap.run_sync("SELECT TOP 5 obs_publisher_did, teff FROM ivoa.obscore ORDER BY teff").to_table()
+        assert len(rows) == 5 and all(str(d).startswith("ivo://") for d in rows["obs_publisher_did"])
+
+        ssa = pyvo.dal.SSAService(f"{url}/ssa/query").search(maxrec=3)
+        assert len(ssa) == 3
+        did = str(rows["obs_publisher_did"][0])
+
+        links = pyvo.dal.adhoc.DatalinkResults.from_result_url(f"{url}/datalink/links?ID={did}")
+        semantics = {str(s) for s in links["semantics"]}
+        assert "#this" in semantics and "#preview" in semantics
+
+        star = next(s for s in heldout_stars(miles_dir) if s.miles_id == "m0072")
+        write_fits_image(tmp_path / "star.fits", star)
+        with (tmp_path / "star.fits").open("rb") as upload:
+            response = requests.post(f"{url}/similar", files={"FILE": upload}, data={"K": 5}, timeout=60)
+        assert response.status_code == 200, response.text[:500]
+        neighbours = parse(io.BytesIO(response.content)).get_first_table().array
+        assert len(neighbours) == 5
+        assert abs(float(sorted(neighbours["teff"])[2]) - star.teff) < 1000  # a G star's neighbours are G-ish
+
+        assert stop(process, signal.SIGTERM, url) < STOP_TIMEOUT_S
+        assert "Shutting down: Master" in log.read_text()
+
+        # A second start finds the archive built, serves at once, and stops on Ctrl-C.
+        process = start_demo(root, port, log)
+        assert wait_for_availability(url, process, log, 120) < 60
+        assert "already built" in log.read_text()
+        assert stop(process, signal.SIGINT, url) < STOP_TIMEOUT_S
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
