@@ -254,8 +254,12 @@ class Tally:
     by_status: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
-    def add(self, description: str, response: requests.Response, json_ok: bool = False) -> None:
+    def add(self, description: str, response: requests.Response | str, json_ok: bool = False) -> None:
         self.cases += 1
+        if isinstance(response, str):
+            self.by_status["no answer"] += 1
+            self.problems.append(f"{description[:400]} -> {response}")
+            return
         self.by_status[response.status_code] += 1
         found = problem(response, json_ok)
         if found:
@@ -292,10 +296,14 @@ def _run(send: Callable, items: list, describe: Callable, tally: Tally, workers:
 
     local = threading.local()
 
-    def one(item) -> tuple[str, requests.Response]:
+    def one(item) -> tuple[str, requests.Response | str]:
         if not hasattr(local, "session"):
             local.session = requests.Session()
-        return describe(item), send(local.session, item)
+        try:
+            return describe(item), send(local.session, item)
+        except requests.RequestException as exc:  # the server dropped the connection or hung
+            local.session = requests.Session()
+            return describe(item), f"no answer: {exc}"
 
     with ThreadPoolExecutor(workers) as pool:
         for description, response in pool.map(one, items):
@@ -331,7 +339,7 @@ def main() -> None:
 
     root = REPO / "var" / "bench-fuzz"
     build_demo(root)
-    with gunicorn(root, workers=2) as url:
+    with gunicorn(root, workers=2, log_path=root / "server.log") as url:
         report(args, url, rng)
 
 
@@ -377,14 +385,14 @@ def summary(tally: Tally, seconds: float) -> dict:
     return {
         "requests": tally.cases,
         "seconds": round(seconds, 1),
-        "by_status": dict(tally.by_status),
+        "by_status": {str(k): v for k, v in tally.by_status.items()},
         "problems": len(tally.problems),
         "examples": tally.problems[:50],
     }
 
 
 def _statuses(counts: Counter) -> str:
-    return ", ".join(f"{status}: {n}" for status, n in sorted(counts.items()))
+    return ", ".join(f"{status}: {n}" for status, n in sorted(counts.items(), key=str))
 
 
 if __name__ == "__main__":

@@ -147,14 +147,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(root: Path, workers: int = 2) -> Iterator[str]:
-    """`latentvo --config demo.toml serve` (gunicorn) over the archive at ``root``; yields the base URL."""
+def gunicorn(root: Path, workers: int = 2, log_path: Path | None = None) -> Iterator[str]:
+    """`latentvo --config demo.toml serve` (gunicorn) over the archive at ``root``; yields the base URL.
+
+    The server's log goes to ``log_path`` when given (else to a temporary file).
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "service.cli", "--config", str(DEMO_CONFIG), "serve"]
     command += ["--port", str(port), "--workers", str(workers)]
     env = os.environ | {"LATENTVO_ARCHIVE_ROOT": str(root)}
-    with tempfile.TemporaryFile() as log:
+    with open(log_path, "w+b") if log_path else tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
         try:
             wait_until_available(url, process, log)

@@ -11,14 +11,46 @@ from __future__ import annotations
 import logging
 
 import gunicorn.http.wsgi
+import gunicorn.util
 from gunicorn.app.base import BaseApplication
 
 from service.app import SERVER_HEADER, create_app
+from service.votable import VOTABLE_MIME, error_document
 
 # gunicorn writes its own Server header before the application's, so a client would see
 # "gunicorn" (taplint warns about a Server header naming only the HTTP software); it offers
 # no setting for it, so the module constant its responses read is replaced here.
 gunicorn.http.wsgi.SERVER = SERVER_HEADER
+
+#: The longest request line gunicorn takes (its maximum): long GET parameters, such as a
+#: polygon with many vertices, still fit; longer ones are refused with a DALI error.
+REQUEST_LINE_LIMIT = 8190
+#: What a client is told when gunicorn refuses a request before the application sees it.
+_HTTP_FAULTS = {
+    414: f"UsageFault: the request line is longer than {REQUEST_LINE_LIMIT} bytes; "
+    "send long parameters in the body of a POST",
+    431: "UsageFault: the request headers are too large",
+    400: "UsageFault: the request is not well-formed HTTP",
+    501: "UsageFault: the request uses a transfer coding this service does not take",
+}
+
+
+def write_dali_error(sock, status_int: int, reason: str, _message: str) -> None:
+    """gunicorn's own error answers (request line or headers too long, malformed HTTP) as DALI
+    error documents instead of HTML pages; replaces ``gunicorn.util.write_error``."""
+    if status_int >= 500 and status_int != 501:
+        text = "FatalFault: internal error (see the service log)"
+    else:
+        text = _HTTP_FAULTS.get(status_int, f"UsageFault: {reason}")
+    body = error_document(text)
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: {VOTABLE_MIME}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+gunicorn.util.write_error = write_dali_error
 
 log = logging.getLogger(__name__)
 #: Seconds a worker has after SIGTERM to finish its requests before it is killed.
@@ -84,6 +116,7 @@ def serve(config: dict, host: str, port: int, workers: int, debug: bool = False)
         "threads": 4,
         "timeout": int(config["service"]["sync_timeout"]) + 30,
         "graceful_timeout": GRACEFUL_S,
+        "limit_request_line": REQUEST_LINE_LIMIT,
         # gunicorn 24+ opens a control socket in $HOME: one per user, so two servers would collide.
         "control_socket_disable": True,
         "accesslog": "-",

@@ -59,6 +59,15 @@ def test_serve_runs_gunicorn_workers_that_answer(live_server):
         )
         assert answer.text.splitlines()[1].strip() == "200"
         assert answer.headers["Server"].startswith("latentvo/") and "gunicorn" not in answer.headers["Server"]
+        # Refusals of gunicorn itself are DALI error documents too, not HTML pages.
+        long_value = requests.get(f"{url}/ssa/query", params={"TARGETNAME": "x" * 5000}, timeout=30)
+        assert long_value.status_code == 200 and b"QUERY_STATUS" in long_value.content  # reached the app
+        too_long = requests.get(f"{url}/ssa/query", params={"TARGETNAME": "x" * 9000}, timeout=30)
+        assert too_long.status_code == 414
+        assert too_long.headers["Content-Type"] == "application/x-votable+xml"
+        assert b'value="ERROR"' in too_long.content and b"send long parameters in the body" in too_long.content
+        huge_header = requests.get(f"{url}/tap/availability", headers={"X-Big": "y" * 9000}, timeout=30)
+        assert huge_header.status_code in (400, 431) and b'value="ERROR"' in huge_header.content
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         output = server.communicate(timeout=30)[0]
