@@ -8,6 +8,7 @@ told to stop and are taken up again after a restart), SIGINT (Ctrl-C) at once.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 
 import gunicorn.http.wsgi
@@ -77,7 +78,11 @@ class GunicornServer(BaseApplication):
 
 
 def warm_up(worker) -> None:
-    """Load the model in service and map its index before the first request arrives."""
+    """Load the model in service and map its index before the first request arrives.
+
+    A worker that dies of a fatal signal writes the Python stacks of its threads to the log first.
+    """
+    faulthandler.enable()
     app = worker.wsgi
     from service.errors import DALIError
     from service.state import state

@@ -165,9 +165,7 @@ class _Column:
     affinity: str
 
 
-def load_uploads(
-    conn, specs: list[UploadSpec], parts: PartReader, config: dict
-) -> list[TableMeta]:
+def load_uploads(conn, specs: list[UploadSpec], parts: PartReader, config: dict) -> list[TableMeta]:
     """Read every upload and create its TEMP table on ``conn``; the TableMeta to query it with.
 
     ``config`` is the ``[service]`` section: upload_limit, upload_timeout, upload_url_allow.
