@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import grid_of, load_checkpoint
+from model.ood import OOD_FILE, OODReference
 from model.preprocess import prepare_many
 from model.similarity import LatentIndex, exact_search
 from model.spectrum import Spectrum
@@ -78,6 +79,13 @@ class LatentModel:
         """
         shape = [d for d in self.informative_dims if d != self.velocity_dim]
         return shape or self.informative_dims
+
+    @property
+    def ood_reference(self) -> OODReference | None:
+        """What typical archive spectra look like to the model (written by ``latentvo index``)."""
+        if not hasattr(self, "_ood"):
+            self._ood = OODReference.load(self.directory / OOD_FILE)
+        return self._ood
 
     @property
     def index(self) -> LatentIndex:

@@ -23,6 +23,7 @@ from model import analysis
 from model.api import ANALYSIS_FILE, INDEX_FILE, MEAN_FILE, VAR_FILE, LatentModel
 from model.atomic import atomic_path, write_json_atomic
 from model.checkpoint import save_checkpoint
+from model.ood import OOD_FILE, OODReference, sample_rows
 from model.preprocess import Grid, prepare_augmented, prepare_many
 from model.readers import iter_spectra, label_key, read_spectra
 from model.similarity import LatentIndex
@@ -352,14 +353,7 @@ def analyse(archive: Archive, config: dict, version: int | None = None, progress
                 "n_spectra": row["n"],
             }
         )
-    recon = np.array(
-        [
-            r["recon_error"]
-            for r in archive.conn.execute(
-                "SELECT recon_error FROM ml_latent WHERE model_version = ? ORDER BY row_index", (version,)
-            )
-        ]
-    )
+    recon = recon_errors(archive, version)
     scores = analysis.anomaly_scores(mean[:, informative], recon, n_neighbors=section["lof_neighbors"])
     archive.write_analysis(version, informative, correlations, scores["lof"], scores["anomaly_score"])
     summary = {
@@ -375,6 +369,22 @@ def analyse(archive: Archive, config: dict, version: int | None = None, progress
 
 
 # -- index ------------------------------------------------------------------------------
+
+
+def recon_errors(archive: Archive, version: int) -> np.ndarray:
+    """Each archive spectrum's reconstruction error under ``version``, in row order."""
+    rows = archive.conn.execute(
+        "SELECT recon_error FROM ml_latent WHERE model_version = ? ORDER BY row_index", (version,)
+    )
+    return np.array([r["recon_error"] for r in rows], dtype=np.float64)
+
+
+def ood_reference(archive: Archive, version: int, index: LatentIndex) -> OODReference:
+    """Reconstruction errors and nearest-other-spectrum distances of (a sample of) the archive."""
+    recon = recon_errors(archive, version)
+    rows = sample_rows(len(recon))
+    nearest = np.array([index.query_row(int(row), 2)[1][-1] for row in rows], dtype=np.float64)
+    return OODReference.build(recon[rows], nearest)
 
 
 def build_index(archive: Archive, config: dict, version: int | None = None, progress: bool = True) -> dict:
@@ -393,6 +403,7 @@ def build_index(archive: Archive, config: dict, version: int | None = None, prog
         progress=progress,
     )
     meta = index.meta
+    ood_reference(archive, version, index).save(directory / OOD_FILE)
     archive.update_model(
         version,
         index_n_trees=meta.n_trees,

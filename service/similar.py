@@ -36,6 +36,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
 from model.api import VAR_FILE, Encoded, LatentModel
+from model.ood import OODScore
 from model.readers import iter_spectra, read_spectra
 from model.spectrum import Spectrum, SpectrumReadError
 from service.dali import output_format, write_result
@@ -44,7 +45,7 @@ from service.datalink import MAX_K, default_k, links_descriptor, read_spectrum, 
 from service.errors import LimitError, NotFoundError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
-from service.votable import Column, param
+from service.votable import Column, info, param
 
 bp = Blueprint("similar", __name__)
 
@@ -104,6 +105,8 @@ def similar() -> Response:
         weights=search.weights,
     )
 
+    ood = ood_of(query, served)
+
     def decorate(document: VOTableFile, resource: Resource) -> None:
         resource.coordinate_systems.append(CooSys(ID=COOSYS_ID, system="ICRS"))
         table = resource.tables[0]
@@ -111,6 +114,11 @@ def similar() -> Response:
             if element.name in ("s_ra", "s_dec"):
                 element.ref = COOSYS_ID
         table.params.extend(query_params(document, query, served, search, k))
+        if ood is not None:
+            score, reasons = ood
+            table.params.append(ood_param(document, score.score))
+            if reasons:
+                resource.infos.append(info("warning", "ood", weak_answer(reasons)))
         document.resources.append(links_descriptor(document, PUBDID_ID))
 
     return write_result(
@@ -118,6 +126,45 @@ def similar() -> Response:
         result_rows(served, rows, distances, search.dims),
         fmt,
         decorate=decorate,
+    )
+
+
+# -- how typical the upload is ------------------------------------------------------------------
+
+
+def ood_of(query: Query, served: ServedModel) -> tuple[OODScore, list[str]] | None:
+    """An upload's out-of-distribution score and, when it is high, the reasons (model/ood.py).
+
+    None for archive spectra (they are the archive) and for model versions indexed before the
+    reference distributions were kept.
+    """
+    reference = served.model.ood_reference
+    if query.row is not None or reference is None:
+        return None
+    recon_error = float(query.encoded.recon_error[0])
+    nearest = float(served.model.index.query_vector(query.vector, 1)[1][0])
+    score = reference.score(recon_error, nearest)
+    return score, score.reasons(recon_error, nearest) if score.weak else []
+
+
+def ood_param(document: VOTableFile, score: float):
+    return param(
+        document,
+        "ood_score",
+        repr(round(score, 4)),
+        "double",
+        None,
+        ucd="stat.probability",
+        description="How unlike the archive the upload is: 0 typical (at or below the archive's median "
+        "reconstruction error and nearest-neighbour distance), 0.9 at the archive's 95th percentile, "
+        "1 beyond every archive spectrum",
+    )
+
+
+def weak_answer(reasons: list[str]) -> str:
+    return (
+        "the upload is unlike the spectra of this archive, so its neighbours may not resemble it: "
+        + "; ".join(reasons)
     )
 
 

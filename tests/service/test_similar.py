@@ -486,3 +486,42 @@ def test_votlint_accepts_answers(live_server, dids, files):
         ),
     ):
         assert report.ok, f"{report.target}:\n" + "\n".join(report.errors)
+
+
+# -- how typical the upload is (ood_score) -----------------------------------------------------------
+
+
+def write_flux_csv(path: Path, flux: np.ndarray, wave: np.ndarray) -> Path:
+    path.write_text(
+        "wavelength,flux\n" + "".join(f"{float(w)!r},{float(f)!r}\n" for w, f in zip(wave, flux, strict=True))
+    )
+    return path
+
+
+def warnings_of(response: requests.Response) -> list[str]:
+    document, _ = table_of(response.content)
+    return [i.content or "" for i in document.resources[0].infos if i.name == "warning"]
+
+
+def test_ood_score_ranks_garbage_above_a_real_star(live_server, files, star, tmp_path):
+    """A flat line and pure noise over the same wavelengths are unlike any star: they score above the
+    held-out star (a real spectrum the archive never saw) and above 90 % of the archive's own spectra
+    (score 0.8), and from 0.9 on the answer carries a warning that says why."""
+    wave = air_to_vacuum(star.wave_air)
+    rng = np.random.default_rng(3)
+    garbage = {
+        "flat": write_flux_csv(tmp_path / "flat.csv", np.ones_like(wave), wave),
+        "noise": write_flux_csv(tmp_path / "noise.csv", 1 + rng.normal(0, 0.5, wave.size), wave),
+    }
+    real = post(live_server, files["fits-image"], K=5)
+    real_score = answer(real)[1]["ood_score"]
+    assert 0.0 <= real_score < 0.8
+    assert warnings_of(real) == []
+    for name, path in garbage.items():
+        response = post(live_server, path, K=5)
+        score = answer(response)[1]["ood_score"]
+        assert score > real_score and score >= 0.8, name
+        warnings = warnings_of(response)
+        assert len(warnings) == (1 if score >= 0.9 else 0), name
+        assert all("unlike the spectra of this archive" in w for w in warnings)
+    assert "ood_score" not in answer(post(live_server, ID=answer(real)[0][0]["obs_publisher_did"]))[1]
