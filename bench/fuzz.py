@@ -19,6 +19,7 @@ import json
 import random
 import re
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -224,7 +225,7 @@ def param_cases(dids: list[str], rng: random.Random) -> Iterator[Case]:
 # -- checking answers ----------------------------------------------------------------------------
 
 
-def problem(response: requests.Response, json_ok: bool = False) -> str | None:
+def problem(response: requests.Response) -> str | None:
     """What is wrong with an answer (None if nothing): a 5xx, not a VOTable, no error status, code shown."""
     body = response.content[:200_000].decode("utf-8", "replace")
     if response.status_code >= 500:
@@ -254,14 +255,14 @@ class Tally:
     by_status: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
-    def add(self, description: str, response: requests.Response | str, json_ok: bool = False) -> None:
+    def add(self, description: str, response: requests.Response | str) -> None:
         self.cases += 1
         if isinstance(response, str):
             self.by_status["no answer"] += 1
             self.problems.append(f"{description[:400]} -> {response}")
             return
         self.by_status[response.status_code] += 1
-        found = problem(response, json_ok)
+        found = problem(response)
         if found:
             self.problems.append(f"{description[:400]} -> {found}")
 
@@ -292,8 +293,6 @@ def run_params(base_url: str, cases: list[Case], workers: int = 4) -> Tally:
 
 
 def _run(send: Callable, items: list, describe: Callable, tally: Tally, workers: int) -> None:
-    import threading
-
     local = threading.local()
 
     def one(item) -> tuple[str, requests.Response | str]:

@@ -102,11 +102,17 @@ def write_fits_image(path: Path, star: MilesStar) -> None:
 
 def write_csv(path: Path, star: MilesStar) -> None:
     """A plain CSV of vacuum wavelength and flux, what a user exports from a notebook."""
+    write_flux_csv(path, air_to_vacuum(star.wave_air), star.flux)
+
+
+def write_flux_csv(path: Path, wave: np.ndarray, flux: np.ndarray) -> Path:
+    """Columns wavelength (Å) and flux, every value written exactly."""
     buffer = io.StringIO()
     buffer.write("wavelength,flux\n")
-    for w, f in zip(air_to_vacuum(star.wave_air), star.flux, strict=True):
+    for w, f in zip(wave, flux, strict=True):
         buffer.write(f"{float(w)!r},{float(f)!r}\n")
     path.write_text(buffer.getvalue())
+    return path
 
 
 WRITERS: dict[str, tuple[str, Callable[[Path, MilesStar], None]]] = {

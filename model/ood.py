@@ -28,25 +28,32 @@ WARN_AT = 0.9
 
 @dataclass(frozen=True)
 class OODScore:
-    score: float
+    """The score of one query with what it was computed from."""
+
+    recon_error: float
+    nn_distance: float
     recon_percentile: float
     nn_percentile: float
+
+    @property
+    def score(self) -> float:
+        return max(_tail(self.recon_percentile), _tail(self.nn_percentile))
 
     @property
     def weak(self) -> bool:
         return self.score >= WARN_AT
 
-    def reasons(self, recon_error: float, nn_distance: float) -> list[str]:
-        """Why the score is high, in words a user understands."""
+    def reasons(self) -> list[str]:
+        """Why the score is high, in words a user understands (empty when it is not)."""
         found = []
         if _tail(self.recon_percentile) >= WARN_AT:
             found.append(
                 f"the model reconstructs it worse than {self.recon_percentile:.0%} of the archive's spectra "
-                f"(RMS residual {recon_error:.3g})"
+                f"(RMS residual {self.recon_error:.3g})"
             )
         if _tail(self.nn_percentile) >= WARN_AT:
             found.append(
-                f"its nearest archive spectrum is farther away ({nn_distance:.3g}) than for "
+                f"its nearest archive spectrum is farther away ({self.nn_distance:.3g}) than for "
                 f"{self.nn_percentile:.0%} of the archive's own spectra"
             )
         return found
@@ -79,9 +86,12 @@ class OODReference:
         return cls(both[0], both[1])
 
     def score(self, recon_error: float, nn_distance: float) -> OODScore:
-        recon = self._percentile(self.recon_error, recon_error)
-        nearest = self._percentile(self.nn_distance, nn_distance)
-        return OODScore(max(_tail(recon), _tail(nearest)), recon, nearest)
+        return OODScore(
+            recon_error,
+            nn_distance,
+            self._percentile(self.recon_error, recon_error),
+            self._percentile(self.nn_distance, nn_distance),
+        )
 
     @staticmethod
     def _percentile(sorted_values: np.ndarray, value: float) -> float:

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from service import __version__, pipeline
 from service.archive import Archive
@@ -171,10 +172,9 @@ def demo(args: argparse.Namespace, progress: bool) -> int:
     if args.no_serve:
         return 0
     exec_serve(args, config_file, archive.root)
-    return 0
 
 
-def exec_serve(args: argparse.Namespace, config_file: str | Path, root: Path) -> None:
+def exec_serve(args: argparse.Namespace, config_file: str | Path, root: Path) -> NoReturn:
     """Replace this process by ``latentvo serve`` on the archive at ``root``.
 
     The build has run torch in this process; gunicorn workers forked from it would hang in torch's

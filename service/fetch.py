@@ -35,7 +35,10 @@ _CHUNK = 1 << 16
 
 
 class AddressRefused(Exception):
-    """A host resolves to an address the service does not connect to."""
+    """A host resolves to an address the service does not connect to.
+
+    Not an OSError, so urllib3 neither retries nor wraps it: it reaches :func:`fetch_url` as raised.
+    """
 
 
 def address_kind(address: IPAddress) -> str | None:
@@ -168,29 +171,10 @@ def fetch_url(
         raise UsageError(f"{what}: {url} redirects more than {MAX_REDIRECTS} times") from None
     except requests.Timeout:
         raise UsageError(f"{what}: fetching {url} took longer than {timeout:g} s") from None
-    except requests.ConnectionError as exc:
-        refused = _refusal(exc)
-        if refused is not None:
-            raise UsageError(f"{what}: cannot fetch {url}: {refused}") from None
+    except requests.ConnectionError:
         raise UsageError(f"{what}: cannot connect to {urlsplit(url).hostname} to fetch {url}") from None
     except requests.RequestException:
         raise UsageError(f"{what}: cannot fetch {url}") from None
-
-
-def _refusal(exc: BaseException) -> AddressRefused | None:
-    """The refusal behind a wrapped connection error, if one is (urllib3 may wrap what _new_conn raised)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, AddressRefused):
-            return exc
-        exc = (
-            getattr(exc, "reason", None)
-            or exc.__cause__
-            or exc.__context__
-            or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
-        )
-    return None
 
 
 def _until(chunks: Iterable[bytes], deadline: float, what: str, url: str) -> Iterator[bytes]:

@@ -105,7 +105,7 @@ def similar() -> Response:
         weights=search.weights,
     )
 
-    ood = ood_of(query, served)
+    ood = ood_of(query, served, None if search.exact else float(distances[0]))
 
     def decorate(document: VOTableFile, resource: Resource) -> None:
         resource.coordinate_systems.append(CooSys(ID=COOSYS_ID, system="ICRS"))
@@ -115,10 +115,9 @@ def similar() -> Response:
                 element.ref = COOSYS_ID
         table.params.extend(query_params(document, query, served, search, k))
         if ood is not None:
-            score, reasons = ood
-            table.params.append(ood_param(document, score.score))
-            if reasons:
-                resource.infos.append(info("warning", "ood", weak_answer(reasons)))
+            table.params.append(ood_param(document, ood.score))
+            if ood.weak:
+                resource.infos.append(info("warning", "ood", weak_answer(ood.reasons())))
         document.resources.append(links_descriptor(document, PUBDID_ID))
 
     return write_result(
@@ -132,8 +131,9 @@ def similar() -> Response:
 # -- how typical the upload is ------------------------------------------------------------------
 
 
-def ood_of(query: Query, served: ServedModel) -> tuple[OODScore, list[str]] | None:
-    """An upload's out-of-distribution score and, when it is high, the reasons (model/ood.py).
+def ood_of(query: Query, served: ServedModel, nearest: float | None) -> OODScore | None:
+    """An upload's out-of-distribution score (model/ood.py); ``nearest`` is its distance to the nearest
+    archive spectrum over the similarity dimensions when the search already found it.
 
     None for archive spectra (they are the archive) and for model versions indexed before the
     reference distributions were kept.
@@ -141,10 +141,9 @@ def ood_of(query: Query, served: ServedModel) -> tuple[OODScore, list[str]] | No
     reference = served.model.ood_reference
     if query.row is not None or reference is None:
         return None
-    recon_error = float(query.encoded.recon_error[0])
-    nearest = float(served.model.index.query_vector(query.vector, 1)[1][0])
-    score = reference.score(recon_error, nearest)
-    return score, score.reasons(recon_error, nearest) if score.weak else []
+    if nearest is None:  # the search was along other dimensions
+        nearest = float(served.model.index.query_vector(query.vector, 1)[1][0])
+    return reference.score(float(query.encoded.recon_error[0]), nearest)
 
 
 def ood_param(document: VOTableFile, score: float):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,19 +21,13 @@ import pyvo
 import requests
 from astropy.io.votable import parse
 
-from bench.heldout import heldout_stars, write_fits_image
+from bench.heldout import free_port, heldout_stars, wait_until_available, write_fits_image
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 #: The demo build takes about a minute on a quiet 2-core machine; CI machines may be busier.
 BUILD_TIMEOUT_S = 900
 STOP_TIMEOUT_S = 10
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def latentvo() -> list[str]:
@@ -51,20 +44,15 @@ def start_demo(root: Path, port: int, log: Path) -> subprocess.Popen:
 
 
 def wait_for_availability(url: str, process: subprocess.Popen, log: Path, timeout: float) -> float:
-    """Seconds until /tap/availability answers that the service is available."""
+    """Seconds until the service answers (the log is in the failure when it exits or never does)."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if process.poll() is not None:
-            pytest.fail(f"latentvo demo exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+    with log.open("rb") as handle:
         try:
-            response = requests.get(f"{url}/tap/availability", timeout=5)
-            if response.status_code == 200 and "<vosi:available>true</vosi:available>" in response.text:
-                return time.monotonic() - started
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    pytest.fail(f"no answer from {url} within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+            wait_until_available(url, process, handle, timeout)
+        except RuntimeError as exc:
+            process.kill()
+            pytest.fail(str(exc))
+    return time.monotonic() - started
 
 
 def stop(process: subprocess.Popen, how: signal.Signals, url: str) -> float:

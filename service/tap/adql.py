@@ -183,7 +183,6 @@ def translate(
     Every failure is an :class:`ADQLError` (or another DALI error from a function hook): a query is
     client input, so nothing in it may turn into a server error.
     """
-    check_size(adql)
     try:
         with _recursion_headroom():
             root = parse(adql)
@@ -207,12 +206,17 @@ def translate(
     return Translation(sql, [OutputColumn.of(n, k) for n, k in outputs], limit)
 
 
-def check_size(adql: str) -> None:
-    """The documented limits on a query's length and its nesting of parentheses (before any parsing)."""
+def tokenize(adql: str) -> list[tokens.Token]:
+    """The query's tokens, within the documented limits on its length and its nesting of parentheses
+    (checked before the recursive parser sees it)."""
     if len(adql) > MAX_QUERY_CHARS:
         raise ADQLError(f"the query has {len(adql)} characters; the limit is {MAX_QUERY_CHARS}")
+    try:
+        found = ADQL().tokenize(adql)
+    except TokenError as exc:
+        raise ADQLError(f"ADQL syntax error: {_plain(str(exc))}") from None
     depth = deepest = 0
-    for token in _tokens(adql):
+    for token in found:
         if token.token_type == TokenType.L_PAREN:
             depth += 1
             deepest = max(deepest, depth)
@@ -220,13 +224,7 @@ def check_size(adql: str) -> None:
             depth -= 1
     if deepest > MAX_NESTING:
         raise ADQLError(f"the query nests parentheses {deepest} deep; the limit is {MAX_NESTING}")
-
-
-def _tokens(adql: str) -> list[tokens.Token]:
-    try:
-        return ADQL().tokenize(adql)
-    except TokenError as exc:
-        raise ADQLError(f"ADQL syntax error: {_plain(str(exc))}") from None
+    return found
 
 
 _headroom_lock = threading.Lock()
@@ -263,16 +261,15 @@ def parse(adql: str) -> exp.Expression:
     """The syntax tree of one ADQL query; syntax errors become :class:`ADQLError` with line and column."""
     if not adql or not adql.strip():
         raise ADQLError("the query is empty")
+    query_tokens = tokenize(adql)
     try:
-        statements = [s for s in sqlglot.parse(adql, read=ADQL) if s is not None]
+        statements = [s for s in ADQL().parser().parse(query_tokens, adql) if s is not None]
     except ParseError as exc:
         detail = exc.errors[0] if exc.errors else {}
         where = f" at line {detail.get('line')}, column {detail.get('col')}" if detail.get("line") else ""
         near = f" near {detail.get('highlight')!r}" if detail.get("highlight") else ""
         message = _plain(detail.get("description") or str(exc))
         raise ADQLError(f"ADQL syntax error{where}{near}: {message}") from None
-    except TokenError as exc:
-        raise ADQLError(f"ADQL syntax error: {_plain(str(exc))}") from None
     if len(statements) != 1:
         raise ADQLError("give exactly one ADQL query (no ';'-separated statements)")
     root = statements[0]
@@ -284,11 +281,12 @@ def parse(adql: str) -> exp.Expression:
 
 
 _TOKEN = re.compile(r"<Token token_type: [^,]*, text: ([^,]*),[^>]*>")
+_COUNT_NEEDS_ARGUMENT = "COUNT needs an argument: COUNT(*) or COUNT(expression)"
 _MISSING = re.compile(r"Required keyword: '(\w+)' missing for <class '(?:[\w.]*\.)?(\w+)'>")
 #: What an incomplete parser node is called in ADQL (sqlglot names its nodes after Python classes).
 _CONSTRUCTS = {
     "Limit": "TOP needs a non-negative integer",
-    "Count": "COUNT needs an argument: COUNT(*) or COUNT(expression)",
+    "Count": _COUNT_NEEDS_ARGUMENT,
     "Sum": "SUM needs one argument",
     "Avg": "AVG needs one argument",
     "Min": "MIN needs one argument",
@@ -1013,9 +1011,9 @@ class _Translator:
         )
 
     def _aggregate(self, node: exp.Expression, sub) -> tuple[exp.Expression, _Kind]:
+        if node.this is None and isinstance(node, exp.Count):
+            raise ADQLError(_COUNT_NEEDS_ARGUMENT)
         if node.expressions or node.this is None:
-            if isinstance(node, exp.Count) and node.this is None:
-                raise ADQLError("COUNT needs an argument: COUNT(*) or COUNT(expression)")
             raise ADQLError(f"{node.key.upper()} takes one argument")
         argument = node.this
         if isinstance(argument, exp.Star):

@@ -187,7 +187,7 @@ def _query_error(exc: sqlite3.Error, timeout: float | None) -> DALIError:
     cause = function_error()
     if cause is not None:
         return cause
-    if message in ("parser stack overflow",) or message.startswith("Expression tree is too large"):
+    if message == "parser stack overflow" or message.startswith("Expression tree is too large"):
         return ADQLError(
             "the query nests operations or function calls deeper than the database engine allows "
             f"({message}); simplify it"

@@ -27,9 +27,9 @@ def test_typical_values_score_zero_and_extremes_one(reference):
 def test_reasons_name_what_is_unusual(reference):
     score = reference.score(0.5, 1.5)
     assert score.weak and score.score >= WARN_AT
-    (reason,) = score.reasons(0.5, 1.5)
+    (reason,) = score.reasons()
     assert "reconstructs it worse than 100%" in reason
-    both = reference.score(0.5, 9.0).reasons(0.5, 9.0)
+    both = reference.score(0.5, 9.0).reasons()
     assert len(both) == 2 and "nearest archive spectrum is farther" in both[1]
 
 

@@ -23,7 +23,7 @@ import requests
 from service.errors import LimitError, UsageError
 from service.fetch import AddressPolicy, AddressRefused, address_kind, fetch_url
 from tests.service.test_datalink import error_text
-from tests.service.test_upload import round_trip_votable
+from tests.service.test_upload import allow_urls, round_trip_votable, sync_post
 
 TABLE = round_trip_votable("tabledata")
 
@@ -93,15 +93,7 @@ def inside():
 
 
 def upload_query(live_server, url: str) -> requests.Response:
-    return requests.post(
-        f"{live_server.url}/tap/sync",
-        data={"LANG": "ADQL", "QUERY": "SELECT COUNT(*) AS n FROM TAP_UPLOAD.t1", "UPLOAD": f"t1,{url}"},
-        timeout=60,
-    )
-
-
-def allow(monkeypatch, live_server, *entries: str) -> None:
-    monkeypatch.setitem(live_server.config["service"], "upload_url_allow", list(entries))
+    return sync_post(live_server, {"QUERY": "SELECT COUNT(*) AS n FROM TAP_UPLOAD.t1", "UPLOAD": f"t1,{url}"})
 
 
 # -- which addresses --------------------------------------------------------------------------
@@ -172,7 +164,7 @@ def test_the_service_itself_is_refused(live_server):
 
 
 def test_allowed_host_is_fetched(live_server, outside, monkeypatch):
-    allow(monkeypatch, live_server, "127.0.0.2")
+    allow_urls(monkeypatch, live_server, "127.0.0.2")
     response = upload_query(live_server, f"{outside.url}/table.vot")
     assert response.status_code == 200, error_text(response)
     assert b">23<" in response.content  # COUNT(*) of the 23-row table
@@ -181,12 +173,12 @@ def test_allowed_host_is_fetched(live_server, outside, monkeypatch):
 
 def test_redirect_into_the_network_is_refused(live_server, outside, inside, monkeypatch):
     """An allowed (outside) host redirects to an internal one: the redirect is checked too."""
-    allow(monkeypatch, live_server, "127.0.0.2")
+    allow_urls(monkeypatch, live_server, "127.0.0.2")
     target = quote(f"{inside.url}/table.vot", safe="")
     response = upload_query(live_server, f"{outside.url}/redirect?to={target}")
     assert response.status_code == 400 and "127.0.0.3 is a loopback address" in error_text(response)
     assert len(outside.hits) == 1 and inside.hits == []
-    allow(monkeypatch, live_server, "127.0.0.2", "127.0.0.3")  # both allowed: the redirect is followed
+    allow_urls(monkeypatch, live_server, "127.0.0.2", "127.0.0.3")  # both allowed: the redirect is followed
     assert upload_query(live_server, f"{outside.url}/redirect?to={target}").status_code == 200
     assert inside.hits == ["/table.vot"]
 
@@ -198,7 +190,7 @@ def test_redirect_loops_are_cut(outside):
 
 
 def test_fetch_time_and_size_limits(live_server, outside, monkeypatch):
-    allow(monkeypatch, live_server, "127.0.0.2")
+    allow_urls(monkeypatch, live_server, "127.0.0.2")
     monkeypatch.setitem(live_server.config["service"], "upload_timeout", 1)
     started = time.monotonic()
     response = upload_query(live_server, f"{outside.url}/slow")

@@ -21,7 +21,7 @@ from astropy.io.votable import parse
 from pyvo.dal.adhoc import DatalinkResults
 from urllib3 import encode_multipart_formdata
 
-from bench.heldout import MilesStar, heldout_stars, write_csv, write_fits_image
+from bench.heldout import MilesStar, heldout_stars, write_csv, write_fits_image, write_flux_csv
 from model.similarity import exact_search
 from model.spectrum import Spectrum, air_to_vacuum
 from service import data
@@ -491,13 +491,6 @@ def test_votlint_accepts_answers(live_server, dids, files):
 # -- how typical the upload is (ood_score) -----------------------------------------------------------
 
 
-def write_flux_csv(path: Path, flux: np.ndarray, wave: np.ndarray) -> Path:
-    path.write_text(
-        "wavelength,flux\n" + "".join(f"{float(w)!r},{float(f)!r}\n" for w, f in zip(wave, flux, strict=True))
-    )
-    return path
-
-
 def warnings_of(response: requests.Response) -> list[str]:
     document, _ = table_of(response.content)
     return [i.content or "" for i in document.resources[0].infos if i.name == "warning"]
@@ -510,8 +503,8 @@ def test_ood_score_ranks_garbage_above_a_real_star(live_server, files, star, tmp
     wave = air_to_vacuum(star.wave_air)
     rng = np.random.default_rng(3)
     garbage = {
-        "flat": write_flux_csv(tmp_path / "flat.csv", np.ones_like(wave), wave),
-        "noise": write_flux_csv(tmp_path / "noise.csv", 1 + rng.normal(0, 0.5, wave.size), wave),
+        "flat": write_flux_csv(tmp_path / "flat.csv", wave, np.ones_like(wave)),
+        "noise": write_flux_csv(tmp_path / "noise.csv", wave, 1 + rng.normal(0, 0.5, wave.size)),
     }
     real = post(live_server, files["fits-image"], K=5)
     real_score = answer(real)[1]["ood_score"]
