@@ -15,15 +15,18 @@ import numpy as np
 import torch
 
 from model.checkpoint import grid_of, load_checkpoint
-from model.ood import OOD_FILE, OODReference
-from model.preprocess import prepare_many
+from model.ood import OOD_FILE, OODReference, line_signal, structured_residual
+from model.preprocess import Matching, prepare_many
 from model.similarity import LatentIndex, exact_search
 from model.spectrum import Spectrum
+from model.velocity import Velocity, against_reconstruction, against_spectrum
 
 MEAN_FILE = "latent_mean.npy"
 VAR_FILE = "latent_var.npy"
 INDEX_FILE = "index.ann"
 ANALYSIS_FILE = "analysis.json"
+#: (n, 2) float32: each archive spectrum's model velocity and its error (km/s, NaN where none).
+VELOCITY_FILE = "velocity.npy"
 
 
 @dataclass
@@ -31,6 +34,8 @@ class Encoded:
     mean: np.ndarray  # (n, d) float32 posterior means
     var: np.ndarray  # (n, d) float32 posterior variances
     recon_error: np.ndarray  # (n,) RMS residual over good pixels, normalised-flux units
+    structured: np.ndarray  # (n,) the residual beyond the noise (model.ood.structured_residual)
+    line_signal: np.ndarray  # (n,) lines and bands beyond the noise (model.ood.line_signal)
     coverage: np.ndarray | None = None  # (n,) fraction of the grid the input covered
 
 
@@ -42,6 +47,8 @@ class LatentModel:
         self.device = torch.device(device)
         self.vae, self.config = load_checkpoint(self.directory, self.device)
         self.grid = grid_of(self.config)
+        #: How spectra are brought to the archive's terms (versions before matching: median only).
+        self.matching = Matching.from_dict(self.config.get("matching"))
         self._latents: np.ndarray | None = None
         self._index: LatentIndex | None = None
 
@@ -60,6 +67,34 @@ class LatentModel:
     def velocity_dim(self) -> int | None:
         """The latent dimension that holds the radial velocity (z0 × velocity_scale_kms), if any."""
         return 0 if self.vae.config.velocity_dim else None
+
+    @property
+    def velocity_scale_kms(self) -> float:
+        return float(self.vae.config.velocity_scale_kms)
+
+    @property
+    def velocity_frame(self) -> str:
+        """What z0 = 0 means (``[model] velocity_frame`` when trained; "free" before anchoring)."""
+        return str(self.config.get("velocity_frame", "free"))
+
+    def velocity(self, spectrum: Spectrum, mean: np.ndarray) -> Velocity | None:
+        """The model's velocity of ``spectrum`` (model/velocity.py): lined up with its own
+        reconstruction at rest (z0 = 0); None without a velocity dimension or without a peak."""
+        if self.velocity_dim is None:
+            return None
+        rest = np.array(mean, dtype=np.float32)
+        rest[self.velocity_dim] = 0.0
+        return against_reconstruction(spectrum, self.reconstruct(rest)[0], self.grid, self.matching)
+
+    @property
+    def archive_velocities(self) -> np.ndarray | None:
+        """(n, 2) model velocity and error of each archive row (written by ``latentvo encode``)."""
+        path = self.directory / VELOCITY_FILE
+        return np.load(path, mmap_mode="r") if path.exists() else None
+
+    def velocity_from(self, spectrum: Spectrum, reference: Spectrum, reference_kms: float) -> Velocity | None:
+        """The velocity of ``spectrum`` from an archive spectrum of velocity ``reference_kms``."""
+        return against_spectrum(spectrum, reference, reference_kms, self.grid, self.matching)
 
     def _analysis(self) -> dict:
         path = self.directory / ANALYSIS_FILE
@@ -100,6 +135,8 @@ class LatentModel:
         mean = np.empty((n, self.latent_dim), np.float32)
         var = np.empty((n, self.latent_dim), np.float32)
         err = np.empty(n, np.float32)
+        structured = np.empty(n, np.float32)
+        signal = np.empty(n, np.float32)
         for start in range(0, n, batch_size):
             x = torch.as_tensor(np.asarray(flux[start : start + batch_size], np.float32), device=self.device)
             m = torch.as_tensor(np.asarray(good[start : start + batch_size], bool), device=self.device)
@@ -111,11 +148,14 @@ class LatentModel:
             mean[start:stop] = mu.cpu().numpy()
             var[start:stop] = logvar.exp().cpu().numpy()
             err[start:stop] = rmse.cpu().numpy()
-        return Encoded(mean, var, err)
+            flux_np, good_np = x.cpu().numpy(), m.cpu().numpy()
+            structured[start:stop] = structured_residual(recon.cpu().numpy(), flux_np, good_np)
+            signal[start:stop] = line_signal(flux_np, good_np)
+        return Encoded(mean, var, err, structured, signal)
 
     def encode_spectra(self, spectra: Sequence[Spectrum]) -> Encoded:
         """Resample spectra from any grid onto the model's, then encode them."""
-        flux, good, coverage = prepare_many(spectra, self.grid)
+        flux, good, coverage = prepare_many(spectra, self.grid, self.matching)
         encoded = self.encode_arrays(flux, good)
         encoded.coverage = coverage
         return encoded

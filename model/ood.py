@@ -1,13 +1,17 @@
 """How unlike the archive a query spectrum is: an out-of-distribution score against the archive itself.
 
-Two things tell that a spectrum is unlike anything the model was trained on: the model cannot
-reconstruct it (its reconstruction error is high), and its latent vector lies far from every
-archive spectrum (its nearest archive neighbour is far). Each is turned into the percentile it
-has among the archive's own spectra (their reconstruction errors, and each one's distance to its
-nearest *other* archive spectrum over the similarity dimensions), kept as a sample per model
-version. The score is the larger of the two tail scores, 2·percentile − 1 clipped to [0, 1]:
-0 for anything at or below the archive's median, 0.9 at its 95th percentile, 1 beyond the most
-extreme archive spectrum.
+Three things tell that a spectrum is unlike anything the model was trained on: the model cannot
+reconstruct it (its residual beyond the noise is high, :func:`structured_residual`), its latent
+vector lies far from every archive spectrum, or it has fewer lines and bands than any star
+(:func:`line_signal`: a flat line, a smooth ramp, pure noise - once the pseudo-continuum is
+divided out they look like a featureless star, which the first two do not catch). Each is
+turned into the percentile it has
+among typical uploads: a sample of archive spectra as another instrument would deliver them
+(service.pipeline.ood_reference), with their residuals and their distances to the nearest
+*other* archive spectrum over the similarity dimensions, kept per model version. The score is
+the largest of the tail scores - 2·percentile − 1 for the residual and the distance, 1 − 2·percentile
+for the line signal, clipped to [0, 1]: 0 for anything on the typical side of the reference's
+median, 0.9 at its 95th (5th) percentile, 1 beyond all of it.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from model.atomic import write_npy_atomic
 
 OOD_FILE = "ood_reference.npy"
+#: Line spread functions (σ, grid pixels) the reconstruction is tried at: an upload of lower
+#: resolution than the archive is compared with a reconstruction as blurred as itself.
+RESIDUAL_BLURS = (0.0, 0.7, 1.2, 2.0)
 #: Archive spectra sampled for the reference distributions (percentiles need no more).
 SAMPLE = 10_000
 #: Scores from here on come with a warning: beyond the archive's 95th percentile.
@@ -34,10 +42,15 @@ class OODScore:
     nn_distance: float
     recon_percentile: float
     nn_percentile: float
+    line_signal: float = float("nan")
+    #: Fraction of the reference with less line signal (0.5 when the reference has none).
+    signal_percentile: float = 0.5
 
     @property
     def score(self) -> float:
-        return max(_tail(self.recon_percentile), _tail(self.nn_percentile))
+        return max(
+            _tail(self.recon_percentile), _tail(self.nn_percentile), _tail(1.0 - self.signal_percentile)
+        )
 
     @property
     def weak(self) -> bool:
@@ -49,12 +62,17 @@ class OODScore:
         if _tail(self.recon_percentile) >= WARN_AT:
             found.append(
                 f"the model reconstructs it worse than {self.recon_percentile:.0%} of the archive's spectra "
-                f"(RMS residual {self.recon_error:.3g})"
+                f"(residual beyond its noise {self.recon_error:.3g} of the normalised flux)"
             )
         if _tail(self.nn_percentile) >= WARN_AT:
             found.append(
                 f"its nearest archive spectrum is farther away ({self.nn_distance:.3g}) than for "
                 f"{self.nn_percentile:.0%} of the archive's own spectra"
+            )
+        if _tail(1.0 - self.signal_percentile) >= WARN_AT:
+            found.append(
+                f"it has fewer lines and bands beyond its noise ({self.line_signal:.3g} of the "
+                f"normalised flux) than {1 - self.signal_percentile:.0%} of the archive's spectra"
             )
         return found
 
@@ -69,28 +87,44 @@ class OODReference:
 
     recon_error: np.ndarray
     nn_distance: np.ndarray
+    line_signal: np.ndarray | None = None
 
     @classmethod
-    def build(cls, recon_error: np.ndarray, nearest: np.ndarray) -> OODReference:
-        return cls(np.sort(np.asarray(recon_error, np.float64)), np.sort(np.asarray(nearest, np.float64)))
+    def build(
+        cls, recon_error: np.ndarray, nearest: np.ndarray, line_signal: np.ndarray | None = None
+    ) -> OODReference:
+        def ordered(values):
+            return None if values is None else np.sort(np.asarray(values, np.float64))
+
+        return cls(ordered(recon_error), ordered(nearest), ordered(line_signal))
 
     def save(self, path: str | Path) -> None:
-        write_npy_atomic(path, np.vstack([self.recon_error, self.nn_distance]))
+        parts = [self.recon_error, self.nn_distance]
+        write_npy_atomic(
+            path, np.vstack(parts + ([self.line_signal] if self.line_signal is not None else []))
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> OODReference | None:
         path = Path(path)
         if not path.exists():
             return None
-        both = np.load(path, allow_pickle=False)
-        return cls(both[0], both[1])
+        rows = np.load(path, allow_pickle=False)
+        return cls(rows[0], rows[1], rows[2] if len(rows) > 2 else None)  # 2 rows: before line signal
 
-    def score(self, recon_error: float, nn_distance: float) -> OODScore:
+    def score(self, recon_error: float, nn_distance: float, line_signal: float = float("nan")) -> OODScore:
+        signal_percentile = 0.5
+        if self.line_signal is not None and np.isfinite(line_signal):
+            signal_percentile = float(np.searchsorted(self.line_signal, line_signal, side="left")) / max(
+                len(self.line_signal), 1
+            )
         return OODScore(
             recon_error,
             nn_distance,
             self._percentile(self.recon_error, recon_error),
             self._percentile(self.nn_distance, nn_distance),
+            line_signal,
+            signal_percentile,
         )
 
     @staticmethod
@@ -99,6 +133,45 @@ class OODReference:
         if not np.isfinite(value):
             return 1.0
         return float(np.searchsorted(sorted_values, value, side="right")) / max(len(sorted_values), 1)
+
+
+def structured_residual(recon: np.ndarray, flux: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """What the reconstruction misses beyond the noise, per spectrum (n,): √max(0, ⟨r²⟩ − ⟨Δr²⟩/2).
+
+    r is the residual over good pixels and Δr its pixel-to-pixel difference: white noise adds σ²
+    to ⟨r²⟩ and 2σ² to ⟨Δr²⟩, so their difference keeps what is smooth - a missed line, a wrong
+    continuum - and a noisy but ordinary upload is not mistaken for an unusual one. The smallest
+    value over the :data:`RESIDUAL_BLURS` versions of the reconstruction is taken, so a spectrum of
+    lower resolution than the archive is not penalised for its line widths.
+    """
+    good = np.asarray(good, bool)
+    weight = good.astype(np.float64)
+    best = np.full(len(flux), np.inf)
+    pairs = good[:, 1:] & good[:, :-1]
+    n_good = np.maximum(weight.sum(1), 1)
+    n_pairs = np.maximum(pairs.sum(1), 1)
+    for sigma in RESIDUAL_BLURS:
+        model = recon
+        if sigma > 0:  # blur only over the spectrum's own pixels
+            norm = gaussian_filter1d(weight, sigma, axis=1, mode="nearest")
+            blurred = gaussian_filter1d(recon * weight, sigma, axis=1, mode="nearest")
+            model = np.where(norm > 1e-6, blurred / np.maximum(norm, 1e-6), recon)
+        r = np.where(good, flux - model, 0.0)
+        total = (r**2).sum(1) / n_good
+        steps = (np.where(pairs, np.diff(r, axis=1), 0.0) ** 2).sum(1) / n_pairs
+        best = np.minimum(best, np.sqrt(np.maximum(total - steps / 2, 0.0)))
+    return best
+
+
+def line_signal(flux: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """How much a spectrum departs from flat beyond its noise, per spectrum (n,): √max(0, ⟨f²⟩ − ⟨Δf²⟩/2)
+    with f the normalised flux less 1 over good pixels - the lines and bands a star has."""
+    good = np.asarray(good, bool)
+    f = np.where(good, flux - 1.0, 0.0)
+    pairs = good[:, 1:] & good[:, :-1]
+    total = (f**2).sum(1) / np.maximum(good.sum(1), 1)
+    steps = (np.where(pairs, np.diff(f, axis=1), 0.0) ** 2).sum(1) / np.maximum(pairs.sum(1), 1)
+    return np.sqrt(np.maximum(total - steps / 2, 0.0))
 
 
 def sample_rows(n: int, seed: int = 0) -> np.ndarray:

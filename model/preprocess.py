@@ -4,6 +4,12 @@ Rebinning integrates the flux over each target pixel (a flux-conserving rebin), 
 both when the grid is coarser than the data (MILES 0.9 Å → ~2 Å) and when it is finer.
 Bad, missing and uncovered pixels are masked rather than filled, so the model never learns
 chip gaps or the edges of a spectrum's coverage.
+
+:class:`Matching` says how a spectrum from any instrument is brought to the archive's terms
+first: air wavelengths become vacuum (always), a spectrum sharper than the archive is smoothed
+to the archive's resolving power, and with ``normalise = "continuum"`` the flux is divided by
+a pseudo-continuum (:func:`pseudo_continuum`) so that a flux calibration the archive does not
+share - any smooth response curve - drops out before the model sees the spectrum.
 """
 
 from __future__ import annotations
@@ -12,12 +18,21 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from model.spectrum import Spectrum
 
 C_KMS = 299_792.458
 #: A target pixel is masked when more than this fraction of it falls on bad or missing data.
 MAX_BAD_FRACTION = 0.2
+#: FWHM of a Gaussian over its σ.
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+#: Width of the blocks whose mean flux traces the pseudo-continuum (km/s; ~200 Å at 5000 Å):
+#: wide against lines and bands, narrow against a response curve.
+CONTINUUM_BLOCK_KMS = 12_000.0
+#: A block takes part in the continuum when at least this fraction of it is good.
+CONTINUUM_MIN_GOOD = 0.5
+NORMALISATIONS = ("median", "continuum")
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,33 @@ class Grid:
         return cls(low, high, n_pixels)
 
 
+@dataclass(frozen=True)
+class Matching:
+    """How every spectrum - archive or upload - is brought to the archive's terms before encoding.
+
+    ``normalise``: "median" divides by the median of good pixels (keeps the continuum shape, which
+    only a shared flux calibration makes comparable); "continuum" divides by
+    :func:`pseudo_continuum` (lines and bands only: any smooth response curve drops out).
+    ``resolving_power``: the archive's λ/Δλ; a spectrum that declares a higher one is smoothed
+    to it before rebinning. 0 leaves every spectrum at its own resolution.
+    """
+
+    normalise: str = "median"
+    resolving_power: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {', '.join(NORMALISATIONS)}, not {self.normalise!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Matching:
+        data = data or {}
+        return cls(str(data.get("normalise", "median")), float(data.get("resolving_power") or 0.0))
+
+
 @dataclass
 class Prepared:
     """A spectrum on the grid: normalised flux (0 where masked), good-pixel mask, and bookkeeping."""
@@ -89,22 +131,36 @@ def prepare(
     snr: float | None = None,
     rng: np.random.Generator | None = None,
     with_noise: bool = True,
+    matching: Matching = Matching(),
 ) -> Prepared:
     """Resample one spectrum onto ``grid``; optionally Doppler-shift it and add noise (augmentation).
 
     ``rv_kms`` moves the spectrum as if its source receded at that speed; ``snr`` adds Gaussian noise
     with σ = 1/snr to the normalised flux (the normalised median is 1). ``with_noise=False``
     skips propagating the noise (``Prepared.noise`` is None): only training weighs by it.
+    ``matching`` brings the spectrum to the archive's resolution and normalisation first.
     """
-    wave = spectrum.vacuum_wavelength() * (1.0 + rv_kms / C_KMS)
+    wave = spectrum.vacuum_wavelength()
+    source_flux, source_bad = spectrum.flux, ~spectrum.good
     variance = None
     if with_noise and spectrum.ivar is not None:
         with np.errstate(divide="ignore"):
             variance = np.where(spectrum.ivar > 0, 1.0 / spectrum.ivar, np.inf)
-    flux, bad_fraction, variance = _rebin(wave, spectrum.flux, ~spectrum.good, grid.edges, variance)
+    if matching.resolving_power > 0 and (spectrum.resolving_power or 0) > matching.resolving_power:
+        wave, source_flux, source_bad = smooth_to_resolution(
+            wave, source_flux, source_bad, spectrum.resolving_power, matching.resolving_power
+        )
+        variance = None  # smoothing correlates the pixels; the rebinned noise would be misstated
+    wave = wave * (1.0 + rv_kms / C_KMS)
+    flux, bad_fraction, variance = _rebin(wave, source_flux, source_bad, grid.edges, variance)
     good = bad_fraction <= MAX_BAD_FRACTION
-    flux, scale = _normalise(flux, good)
-    noise = np.sqrt(variance) / abs(scale) if variance is not None else np.full(flux.shape, np.nan)
+    if matching.normalise == "continuum":
+        continuum = pseudo_continuum(flux, good, grid.velocity_step_kms)
+        flux, scale = flux / continuum, float(np.median(continuum[good])) if good.any() else 1.0
+    else:
+        flux, scale = _normalise(flux, good)
+        continuum = np.full(flux.shape, scale)
+    noise = np.sqrt(variance) / np.abs(continuum) if variance is not None else np.full(flux.shape, np.nan)
     if snr is not None and good.any():
         rng = rng or np.random.default_rng()
         flux = flux + rng.normal(0.0, 1.0 / snr, flux.shape)
@@ -115,9 +171,11 @@ def prepare(
     return Prepared(flux=flux, good=good, scale=scale, coverage=float(good.mean()), noise=noise)
 
 
-def prepare_many(spectra: Sequence[Spectrum], grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prepare_many(
+    spectra: Sequence[Spectrum], grid: Grid, matching: Matching = Matching()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stack :func:`prepare` over spectra: flux (n, p) float32, good (n, p) bool, coverage (n,)."""
-    prepared = [prepare(s, grid, with_noise=False) for s in spectra]
+    prepared = [prepare(s, grid, with_noise=False, matching=matching) for s in spectra]
     return (
         np.stack([p.flux for p in prepared]) if prepared else np.zeros((0, grid.n_pixels), np.float32),
         np.stack([p.good for p in prepared]) if prepared else np.zeros((0, grid.n_pixels), bool),
@@ -186,6 +244,62 @@ def _normalise(flux: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, float]:
     return flux / scale, scale
 
 
+def pseudo_continuum(flux: np.ndarray, good: np.ndarray, pixel_kms: float) -> np.ndarray:
+    """A smooth pseudo-continuum of one spectrum on a log-λ grid: the mean good flux of blocks
+    :data:`CONTINUUM_BLOCK_KMS` wide, interpolated linearly between block centres and smoothed.
+
+    Means, not upper quantiles: a block's mean is unchanged by noise and by the line spread
+    function (both keep flux), so the same star seen at another resolution or S/N gets the same
+    continuum; a smooth response curve is nearly constant over a block, so it divides out.
+    Fewer than two usable blocks fall back to the median (a constant continuum).
+    """
+    n = len(flux)
+    block = max(4, int(round(CONTINUUM_BLOCK_KMS / pixel_kms)))
+    starts = np.arange(0, n, block)
+    sums = np.add.reduceat(np.where(good, flux, 0.0), starts)
+    counts = np.add.reduceat(good.astype(np.float64), starts)
+    positions = np.add.reduceat(np.where(good, np.arange(n, dtype=np.float64), 0.0), starts)
+    widths = np.diff(np.append(starts, n))
+    usable = (counts >= CONTINUUM_MIN_GOOD * widths) & (counts > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means, centres = sums / counts, positions / counts
+    usable &= np.isfinite(means) & (means > 0)
+    if usable.sum() < 2:
+        level = float(np.median(flux[good])) if good.any() else 1.0
+        return np.full(n, level if np.isfinite(level) and level > 0 else 1.0)
+    continuum = np.interp(np.arange(n), centres[usable], means[usable])
+    return gaussian_filter1d(continuum, block / 4.0, mode="nearest")
+
+
+def smooth_to_resolution(
+    wave: np.ndarray, flux: np.ndarray, bad: np.ndarray, resolving_power: float, target: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Convolve a spectrum of ``resolving_power`` with the Gaussian that brings it to ``target``.
+
+    The spectrum is resampled onto a log-λ grid as fine as its own sampling (a constant kernel
+    in velocity), convolved with the bad pixels left out, and returned on that grid.
+    """
+    finite = np.isfinite(wave) & (wave > 0)
+    wave, flux, bad = wave[finite], flux[finite], bad[finite] | ~np.isfinite(flux[finite])
+    order = np.argsort(wave)
+    wave, flux, bad = wave[order], flux[order], bad[order]
+    log_wave = np.log(wave)
+    if len(wave) < 4 or bad.all():
+        return wave, flux, bad
+    step = float(np.median(np.diff(log_wave)))
+    fine = np.arange(log_wave[0], log_wave[-1], step)
+    clean = np.where(bad, 0.0, flux)
+    weight = np.interp(fine, log_wave, (~bad).astype(float))
+    values = np.interp(fine, log_wave, clean)
+    sigma_v = np.sqrt(1.0 / target**2 - 1.0 / resolving_power**2) / FWHM_PER_SIGMA  # in ln λ
+    sigma_px = sigma_v / step
+    smoothed = gaussian_filter1d(values * weight, sigma_px, mode="nearest")
+    norm = gaussian_filter1d(weight, sigma_px, mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = smoothed / norm
+    return np.exp(fine), np.where(norm > 0, out, 0.0), weight < 0.999
+
+
 @dataclass
 class Augmented:
     """Training arrays: the originals plus Doppler-shifted, noisier copies, with what was injected."""
@@ -203,24 +317,29 @@ def prepare_augmented(
     grid: Grid,
     copies: int = 0,
     rv_max: float = 300.0,
-    snr_range: tuple[float, float] = (10.0, 200.0),
+    snr_range: tuple[float, float] | None = (10.0, 200.0),
     seed: int = 0,
+    matching: Matching = Matching(),
 ) -> Augmented:
     """Every spectrum on the grid, plus ``copies`` augmented versions of each.
 
     Copies get a radial velocity uniform in ±``rv_max`` km/s and Gaussian noise at an S/N drawn
     log-uniformly from ``snr_range``, so rest-frame, noiseless libraries teach the model what
-    RV and noise look like (and give those labels known values).
+    RV and noise look like (and give those labels known values). ``snr_range=None`` keeps the
+    copies clean (instrument augmentation adds noise to the inputs during training instead).
     """
     rng = np.random.default_rng(seed)
     flux, good, noise, groups, rv, snr = [], [], [], [], [], []
     for i, spectrum in enumerate(spectra):
         variants = [(0.0, None)] + [
-            (rng.uniform(-rv_max, rv_max), float(np.exp(rng.uniform(*np.log(snr_range)))))
+            (
+                rng.uniform(-rv_max, rv_max),
+                None if snr_range is None else float(np.exp(rng.uniform(*np.log(snr_range)))),
+            )
             for _ in range(copies)
         ]
         for rv_kms, s in variants:
-            p = prepare(spectrum, grid, rv_kms=rv_kms, snr=s, rng=rng)
+            p = prepare(spectrum, grid, rv_kms=rv_kms, snr=s, rng=rng, matching=matching)
             flux.append(p.flux)
             good.append(p.good)
             noise.append(p.noise)

@@ -486,7 +486,7 @@ def preview_plot() -> Response:
 def reconstruction() -> Response:
     """The model's reconstruction of a spectrum beside the observed flux, on the model grid (#derivation).
 
-    Both fluxes are normalised as the model sees them (divided by the median of good pixels), so a
+    Both fluxes are normalised as the model sees them (by the median or the pseudo-continuum), so a
     user compares like with like; ``good`` is the mask the encoder was given.
     """
     params = request_params(request)
@@ -498,7 +498,7 @@ def reconstruction() -> Response:
     if latent_row is None:
         raise NotFoundError(f"{did} is not encoded by model version {served.version} yet")
     model = served.model
-    observed = prepare(read_spectrum(row), model.grid)
+    observed = prepare(read_spectrum(row), model.grid, matching=model.matching)
     modelled = model.reconstruct(np.array(model.latents[latent_row]))[0]  # a copy: the memmap is read-only
     good = observed.good
     rmse = float(np.sqrt(np.mean((modelled[good] - observed.flux[good]) ** 2))) if good.any() else None

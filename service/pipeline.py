@@ -12,19 +12,21 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from astropy.table import Table
 from tqdm.auto import tqdm
 
 from model import analysis
-from model.api import ANALYSIS_FILE, INDEX_FILE, MEAN_FILE, VAR_FILE, LatentModel
-from model.atomic import atomic_path, write_json_atomic
+from model.api import ANALYSIS_FILE, INDEX_FILE, MEAN_FILE, VAR_FILE, VELOCITY_FILE, LatentModel
+from model.atomic import atomic_path, write_json_atomic, write_npy_atomic
+from model.augment import degrade
 from model.checkpoint import save_checkpoint
 from model.ood import OOD_FILE, OODReference, sample_rows
-from model.preprocess import Grid, prepare_augmented, prepare_many
+from model.preprocess import Grid, Matching, prepare_augmented, prepare_many
 from model.readers import iter_spectra, label_key, read_spectra
 from model.similarity import LatentIndex
 from model.spectrum import KNOWN_LABELS, Spectrum, SpectrumReadError
@@ -213,10 +215,40 @@ def fit_grid(archive: Archive, config: dict) -> Grid:
 
 # -- train ------------------------------------------------------------------------------
 
+VELOCITY_FRAMES = ("rest", "labels", "free")
+
+
+def archive_matching(archive: Archive, config: dict) -> Matching:
+    """How uploads are brought to this archive: the configured normalisation, and the archive's
+    resolving power (``[grid] resolving_power``, or the median its spectra declare; 0 if none do)."""
+    power = float(config["grid"].get("resolving_power") or 0.0)
+    if power <= 0:
+        declared = [r["em_res_power"] for r in archive.spectra(columns="em_res_power") if r["em_res_power"]]
+        power = float(np.median(declared)) if declared else 0.0
+    return Matching(config["grid"]["normalise"], power)
+
+
+def velocity_anchor(
+    frame: str, rv_labels: Sequence[float | None], groups: np.ndarray, rv_added: np.ndarray
+) -> np.ndarray | None:
+    """Each training row's velocity in the archive's frame (km/s, NaN where unknown), which z0 is
+    taught to give: "rest" - the archive's spectra are at rest (a stellar library), so a row's
+    velocity is the shift the augmentation gave it; "labels" - each spectrum's ``rv`` label is
+    the velocity its wavelengths show (an observed-frame survey), plus the added shift;
+    "free" - no anchor (z0 then measures velocity up to a constant)."""
+    if frame not in VELOCITY_FRAMES:
+        raise ValueError(f"[model] velocity_frame must be one of {', '.join(VELOCITY_FRAMES)}, not {frame!r}")
+    if frame == "free":
+        return None
+    if frame == "rest":
+        return np.asarray(rv_added, dtype=np.float64)
+    own = np.array([np.nan if v is None else v for v in rv_labels], dtype=np.float64)
+    return own[np.asarray(groups)] + np.asarray(rv_added, dtype=np.float64)
+
 
 def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
     """Train a new model version on the whole archive; returns its version number."""
-    rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
+    rows = archive.spectra(columns="obs_publisher_did, source_path, source_index, rv")
     if len(rows) < 2:
         raise ValueError("the archive needs at least two spectra before training")
     section = config["model"]
@@ -225,16 +257,20 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
         chosen = np.random.default_rng(section["seed"]).choice(len(rows), size=limit, replace=False)
         rows = [rows[i] for i in np.sort(chosen)]
     grid = fit_grid(archive, config)
+    matching = archive_matching(archive, config)
     spectra = read_rows(rows, progress)
+    train_config = TrainConfig.from_mapping(section)
     data = prepare_augmented(
         spectra,
         grid,
         copies=section["augment_copies"],
         rv_max=section["augment_rv_max"],
-        snr_range=(section["augment_snr_min"], section["augment_snr_max"]),
+        snr_range=None
+        if train_config.augment_instrument
+        else (section["augment_snr_min"], section["augment_snr_max"]),
         seed=section["seed"],
+        matching=matching,
     )
-    train_config = TrainConfig.from_mapping(section)
     result = train(
         data.flux,
         data.good,
@@ -243,12 +279,18 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
         progress=progress,
         pixel_kms=grid.velocity_step_kms,
         noise=data.noise,
+        rv_anchor=velocity_anchor(
+            section["velocity_frame"], [r["rv"] for r in rows], data.groups, data.rv_added
+        ),
+        resolving_power=matching.resolving_power,
     )
     version = archive.next_model_version()
     checkpoint = {
         "grid": grid.to_dict(),
         "train": train_config.to_dict(),
-        "normalise": config["grid"]["normalise"],
+        "normalise": matching.normalise,
+        "matching": matching.to_dict(),
+        "velocity_frame": section["velocity_frame"],
         "augmentation": {k: section[k] for k in section if k.startswith("augment_")},
         "training_set_hash": result.training_set_hash,
         "training_set": {"n_spectra": len(rows), "n_rows": len(data.flux)},
@@ -274,17 +316,23 @@ def encode(
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     n, dim = len(rows), latent_model.latent_dim
     recon = np.empty(n, np.float32)
+    velocity = np.full((n, 2), np.nan, np.float32)
     with atomic_path(directory / MEAN_FILE) as mean_tmp, atomic_path(directory / VAR_FILE) as var_tmp:
         mean = np.lib.format.open_memmap(mean_tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         var = np.lib.format.open_memmap(var_tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         for positions, batch in _batches(load_spectra(rows), batch_size, n, progress):
             encoded = latent_model.encode_spectra(batch)
             mean[positions], var[positions], recon[positions] = encoded.mean, encoded.var, encoded.recon_error
+            for position, spectrum, vector in zip(positions, batch, encoded.mean, strict=True):
+                found = latent_model.velocity(spectrum, vector)
+                if found is not None:
+                    velocity[position] = found.rv_kms, found.error_kms
         mean.flush()
         var.flush()
         del mean, var
     mean = np.load(directory / MEAN_FILE, mmap_mode="r")
     var = np.load(directory / VAR_FILE, mmap_mode="r")
+    write_npy_atomic(directory / VELOCITY_FILE, velocity)
     archive.write_latents(version, [r["obs_publisher_did"] for r in rows], mean, var, recon)
     archive.update_model(version, stage="encoded")
     return version
@@ -329,7 +377,7 @@ def analyse(archive: Archive, config: dict, version: int | None = None, progress
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     by_did = {r["obs_publisher_did"]: r for r in rows}
     sample_rows = [by_did[dids[i]] for i in sample]
-    flux, good, _ = prepare_many(read_rows(sample_rows), latent_model.grid)
+    flux, good, _ = prepare_many(read_rows(sample_rows), latent_model.grid, latent_model.matching)
     pca_scores, _ = analysis.pca_baseline(flux, latent_model.latent_dim, mask=~good)
     mi_args = {"n_neighbors": section["mi_neighbors"], "n_bootstrap": section["mi_subsamples"]}
     model_mi = analysis.mutual_information(mean[sample], labels, **mi_args)
@@ -379,12 +427,41 @@ def recon_errors(archive: Archive, version: int) -> np.ndarray:
     return np.array([r["recon_error"] for r in rows], dtype=np.float64)
 
 
-def ood_reference(archive: Archive, version: int, index: LatentIndex) -> OODReference:
-    """Reconstruction errors and nearest-other-spectrum distances of (a sample of) the archive."""
-    recon = recon_errors(archive, version)
-    rows = sample_rows(len(recon))
-    nearest = np.array([index.query_row(int(row), 2)[1][-1] for row in rows], dtype=np.float64)
-    return OODReference.build(recon[rows], nearest)
+def ood_reference(archive: Archive, version: int, index: LatentIndex, model: LatentModel) -> OODReference:
+    """What a typical upload looks like to this model: a sample of archive spectra as another instrument
+    would deliver them (the training's instrument augmentation, every one degraded), with their
+    structured residuals and their distances to the nearest *other* archive spectrum - as a star
+    the archive does not hold would be. Without instrument augmentation, the archive as it is.
+    """
+    rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
+    chosen = sample_rows(len(rows))
+    flux, good, _ = prepare_many(read_rows([rows[i] for i in chosen]), model.grid, model.matching)
+    train_config = TrainConfig.from_mapping(model.config.get("train", {}))
+    if train_config.augment_instrument:
+        flux, good = degraded_copies(flux, good, train_config, model, seed=int(train_config.seed))
+    encoded = model.encode_arrays(flux, good)
+    nearest = np.empty(len(chosen))
+    for n, (row, vector) in enumerate(zip(chosen, encoded.mean, strict=True)):
+        found, distances = index.query_vector(vector, 2)
+        nearest[n] = distances[1] if found[0] == row else distances[0]
+    return OODReference.build(encoded.structured, nearest, encoded.line_signal)
+
+
+def degraded_copies(
+    flux: np.ndarray, good: np.ndarray, config: TrainConfig, model: LatentModel, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every spectrum through the training's instrument augmentation (seeded, all degraded)."""
+    augmentation = replace(config.instrument_augmentation, probability=1.0)
+    generator = torch.Generator().manual_seed(seed)
+    out_flux, out_good = degrade(
+        torch.from_numpy(flux),
+        torch.from_numpy(good),
+        augmentation,
+        model.matching.resolving_power,
+        model.grid.velocity_step_kms,
+        generator,
+    )
+    return out_flux.numpy(), out_good.numpy()
 
 
 def build_index(archive: Archive, config: dict, version: int | None = None, progress: bool = True) -> dict:
@@ -403,7 +480,7 @@ def build_index(archive: Archive, config: dict, version: int | None = None, prog
         progress=progress,
     )
     meta = index.meta
-    ood_reference(archive, version, index).save(directory / OOD_FILE)
+    ood_reference(archive, version, index, latent_model).save(directory / OOD_FILE)
     archive.update_model(
         version,
         index_n_trees=meta.n_trees,

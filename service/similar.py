@@ -39,6 +39,7 @@ from model.api import VAR_FILE, Encoded, LatentModel
 from model.ood import OODScore
 from model.readers import iter_spectra, read_spectra
 from model.spectrum import Spectrum, SpectrumReadError
+from model.velocity import Velocity
 from service.dali import output_format, write_result
 from service.data import MAIN_LABELS, dataset_url, label_columns
 from service.datalink import MAX_K, default_k, links_descriptor, read_spectrum, spectra_by_did, spectrum_row
@@ -114,6 +115,7 @@ def similar() -> Response:
             if element.name in ("s_ra", "s_dec"):
                 element.ref = COOSYS_ID
         table.params.extend(query_params(document, query, served, search, k))
+        table.params.extend(velocity_params(document, query, served, rows))
         if ood is not None:
             table.params.append(ood_param(document, ood.score))
             if ood.weak:
@@ -143,7 +145,7 @@ def ood_of(query: Query, served: ServedModel, nearest: float | None) -> OODScore
         return None
     if nearest is None:  # the search was along other dimensions
         nearest = float(served.model.index.query_vector(query.vector, 1)[1][0])
-    return reference.score(float(query.encoded.recon_error[0]), nearest)
+    return reference.score(float(query.encoded.structured[0]), nearest, float(query.encoded.line_signal[0]))
 
 
 def ood_param(document: VOTableFile, score: float):
@@ -154,9 +156,9 @@ def ood_param(document: VOTableFile, score: float):
         "double",
         None,
         ucd="stat.probability",
-        description="How unlike the archive the upload is: 0 typical (at or below the archive's median "
-        "reconstruction error and nearest-neighbour distance), 0.9 at the archive's 95th percentile, "
-        "1 beyond every archive spectrum",
+        description="How unlike the archive the upload is, against archive spectra as other instruments "
+        "deliver them: 0 typical (residual beyond noise, distance to the nearest archive spectrum and line "
+        "content on the usual side of their medians), 0.9 at the 95th percentile of any, 1 beyond them all",
     )
 
 
@@ -327,6 +329,81 @@ def check_coverage(query: Query, model: LatentModel, minimum: float) -> None:
         )
 
 
+# -- the query's velocity ----------------------------------------------------------------------
+
+VELOCITY_FRAMES = {
+    "rest": "relative to the stellar rest frame of the archive's spectra",
+    "labels": "in the frame of the archive's own rv labels",
+    "free": "up to a constant: this model version's z0 was not tied to a frame",
+}
+
+
+def velocity_params(document: VOTableFile, query: Query, served: ServedModel, rows: np.ndarray) -> list:
+    """query_rv(_err), the model's velocity, and query_rv_xcorr(_err), from the nearest archive spectrum;
+    none for a model without a velocity dimension."""
+    model = served.model
+    if model.velocity_dim is None:
+        return []
+    rv = model.velocity(query.spectrum, query.encoded.mean[0])
+    xcorr = neighbour_velocity(query, served, rows)
+    frame = VELOCITY_FRAMES.get(model.velocity_frame, VELOCITY_FRAMES["free"])
+    sign = (
+        f"positive when receding, {frame}, in the frame of the spectrum's wavelengths "
+        "(no barycentric correction)"
+    )
+    values = {
+        "query_rv": (
+            None if rv is None else rv.rv_kms,
+            f"Radial velocity from the model: the spectrum cross-correlated with its reconstruction at "
+            f"rest (latent z{model.velocity_dim} = 0), {sign}",
+        ),
+        "query_rv_err": (None if rv is None else rv.error_kms, "Uncertainty of query_rv (Zucker 2003)"),
+        "query_rv_xcorr": (
+            None if xcorr is None else xcorr.rv_kms,
+            f"Radial velocity from cross-correlating the spectrum with its nearest archive spectrum "
+            f"(plus that spectrum's own velocity), {sign}",
+        ),
+        "query_rv_xcorr_err": (
+            None if xcorr is None else xcorr.error_kms,
+            "Uncertainty of query_rv_xcorr (Zucker 2003)",
+        ),
+    }
+    return [
+        param(
+            document,
+            name,
+            "NaN" if value is None else repr(round(value, 3)),
+            "double",
+            None,
+            unit="km/s",
+            ucd="stat.error;spect.dopplerVeloc.opt" if name.endswith("_err") else "spect.dopplerVeloc.opt",
+            description=description,
+        )
+        for name, (value, description) in values.items()
+    ]
+
+
+def neighbour_velocity(query: Query, served: ServedModel, rows: np.ndarray) -> Velocity | None:
+    """The query's velocity against the nearest archive spectrum that is not the query itself.
+
+    That spectrum's own velocity: 0 in an archive at rest, else its ``rv`` label, else the model's.
+    """
+    others = [int(r) for r in rows if query.row is None or int(r) != query.row]
+    if not others:
+        return None
+    did = served.dids[others[0]]
+    row = spectrum_row(did)
+    own = 0.0
+    if served.model.velocity_frame != "rest":
+        velocities = served.model.archive_velocities
+        own = row["rv"] if row["rv"] is not None else None
+        if own is None and velocities is not None:
+            own = float(velocities[others[0], 0])
+        if own is None or not math.isfinite(own):
+            return None
+    return served.model.velocity_from(query.spectrum, read_spectrum(row), float(own))
+
+
 # -- the answer --------------------------------------------------------------------------------
 
 
@@ -380,6 +457,20 @@ def result_columns(search: Search) -> list[Column]:
         ),
         *label_columns(),
         Column(
+            "rv_model",
+            "double",
+            unit="km/s",
+            ucd="spect.dopplerVeloc.opt",
+            description="Radial velocity of the archive spectrum from the model (as query_rv)",
+        ),
+        Column(
+            "rv_model_err",
+            "double",
+            unit="km/s",
+            ucd="stat.error;spect.dopplerVeloc.opt",
+            description="Uncertainty of rv_model",
+        ),
+        Column(
             "dataset_url",
             "char",
             "*",
@@ -405,8 +496,9 @@ def result_rows(
     latents = np.asarray(served.model.latents[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
     latents = latents.reshape(len(dids), served.model.latent_dim)[:, list(dims)]
     links_url = state().url("datalink/links")
+    velocities = served.model.archive_velocities
     out = []
-    for rank, (did, distance, z) in enumerate(zip(dids, distances, latents, strict=True), 1):
+    for rank, (row, did, distance, z) in enumerate(zip(rows, dids, distances, latents, strict=True), 1):
         meta = spectra.get(did)
 
         def value(name: str, meta=meta):
@@ -424,12 +516,19 @@ def result_rows(
                 value("em_min"),
                 value("em_max"),
                 *(value(name) for name in LABELS),
+                *archive_velocity(velocities, int(row)),
                 dataset_url(did),
                 links_url + "?" + urlencode({"ID": did}),
                 *map(float, z),
             )
         )
     return out
+
+
+def archive_velocity(velocities: np.ndarray | None, row: int) -> tuple[float | None, float | None]:
+    if velocities is None or not np.isfinite(velocities[row]).all():
+        return None, None
+    return float(velocities[row, 0]), float(velocities[row, 1])
 
 
 def query_params(document: VOTableFile, query: Query, served: ServedModel, search: Search, k: int) -> list:

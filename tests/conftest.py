@@ -97,13 +97,22 @@ def serving(config: dict) -> Iterator[SimpleNamespace]:
         server.shutdown()
 
 
+#: What resources/demo/demo.toml sets for other instruments' uploads, for archives of the demo sample.
+DEMO_MATCHING = {
+    "grid": {"normalise": "continuum", "resolving_power": 2000.0},
+    "model": {"velocity_frame": "rest", "augment_instrument": True},
+}
+
+
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory, demo_dir):
-    """The real service on a free port over a freshly built demo archive (shared by the session).
+    """The real service on a free port over a freshly built demo archive (shared by the session),
+    matched and trained for other instruments as the demo is (DEMO_MATCHING).
 
     Yields an object with ``url`` (the public base URL), ``config`` and ``app``.
     """
-    config = small_config(tmp_path_factory.mktemp("served"), service={"base_url": free_url()})
+    settings = {section: dict(values) for section, values in DEMO_MATCHING.items()}
+    config = small_config(tmp_path_factory.mktemp("served"), service={"base_url": free_url()}, **settings)
     build_archive(config, [demo_dir / "miles_demo.fits"])
     with serving(config) as served:
         yield served

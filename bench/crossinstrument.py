@@ -1,0 +1,492 @@
+"""Spectra from other instruments through /similar: neighbours' labels, velocities, and the OOD score.
+
+Every MILES star that the demo archive does not hold (785 of 985) is turned into what two other
+instruments would deliver, with known truth (the star's catalogue labels; MILES spectra are at
+rest, so the velocity is the one injected):
+
+- ``R1800``: a survey spectrograph - smoothed to R = 1800, vacuum wavelengths sampled every
+  69 km/s over 3800-7400 Å, a random relative flux calibration, S/N 10-100, velocity ±150 km/s;
+  written as CSV (vacuum wavelength, flux, error).
+- ``R500``: a low-resolution library - smoothed to R = 500, air wavelengths every 5 Å over
+  3600-7300 Å, its own flux calibration, S/N 10-100, velocity ±150 km/s; written as a FITS image
+  with a linear air-wavelength WCS.
+
+Flux calibrations are random smooth curves exp(Σ a_k P_k(log λ)), k ≤ 4, log-RMS 0.1-0.5 (a
+factor of up to ~2 across the range). Garbage uploads: Gaussian noise, flat lines, linear ramps
+and galaxy-like composites from the synthetic generator (three stars, 250 km/s dispersion,
+z ≈ 0.05-0.1, emission lines).
+
+Each file is POSTed to ``/similar`` (K = 5) of the demo archive served by gunicorn. A star is
+"within 500 K" when the median catalogue Teff of its 5 neighbours is. Beside the model, two
+baselines answer the same uploads with the same matching (vacuum, the model's grid and
+normalisation): k-NN on the gridded flux ("raw flux") and on a PCA of it with as many
+components as the model has latent dimensions; "raw flux (median)" is the matching the
+service had before (median normalisation only). Velocities: ``query_rv`` (the model's z0) and
+``query_rv_xcorr`` (cross-correlation with the reconstruction) against the injected velocity.
+``ood_score``: ROC AUC of garbage against the valid uploads.
+
+Usage: python bench/crossinstrument.py [--miles DIR] [--root DIR] [--rebuild] [--limit N]
+Writes bench/results/crossinstrument.json and crossinstrument.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+from astropy.io import fits
+from sklearn.metrics import roc_auc_score
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.heldout import (  # noqa: E402
+    MilesStar,
+    build_demo,
+    gunicorn,
+    heldout_stars,
+    miles_dir_default,
+    similar,
+)
+from model import analysis, synthetic  # noqa: E402
+from model.preprocess import C_KMS, Matching, prepare_many, smooth_to_resolution  # noqa: E402
+from model.readers import read_spectra  # noqa: E402
+from model.spectrum import Spectrum, air_to_vacuum, vacuum_to_air  # noqa: E402
+
+K = 5
+TEFF_TOLERANCE = 500.0
+#: Resolving power of MILES (FWHM 2.5 Å, quoted at 5000 Å).
+MILES_POWER = 2000.0
+TEFF_RANGES = ((3500, 10000), (10000, 1e6), (0, 3500))
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    resolving_power: float
+    wave_min: float
+    wave_max: float
+    vacuum: bool
+    log_step_kms: float = 0.0  # log-λ sampling when > 0, else linear_step_aa
+    linear_step_aa: float = 0.0
+
+
+SETTINGS = (
+    Setting("R1800", 1800.0, 3800.0, 7400.0, vacuum=True, log_step_kms=69.0),
+    Setting("R500", 500.0, 3600.0, 7300.0, vacuum=False, linear_step_aa=5.0),
+)
+
+
+@dataclass
+class Upload:
+    path: Path
+    setting: str
+    star: MilesStar | None
+    rv: float
+    snr: float
+
+
+def response_curve(log_wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random smooth flux calibration: exp of Legendre terms up to order 4, log-RMS 0.1-0.5."""
+    x = 2 * (log_wave - log_wave.min()) / np.ptp(log_wave) - 1
+    order = int(rng.integers(2, 5))
+    coefficients = np.concatenate([[0.0], rng.normal(size=order)])
+    curve = np.polynomial.legendre.legval(x, coefficients)
+    return np.exp(curve / curve.std() * rng.uniform(0.1, 0.5))
+
+
+def observe(star: MilesStar, setting: Setting, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """What ``setting``'s instrument records of ``star``: (wave in its medium, flux, error, rv, snr)."""
+    rv = float(rng.uniform(-150, 150))
+    snr = float(np.exp(rng.uniform(np.log(10), np.log(100))))
+    vacuum = air_to_vacuum(star.wave_air)
+    wave, flux, bad = smooth_to_resolution(
+        vacuum, star.flux, ~np.isfinite(star.flux) | (star.flux <= 0), MILES_POWER, setting.resolving_power
+    )
+    wave = wave * (1 + rv / C_KMS)
+    if setting.log_step_kms:
+        step = setting.log_step_kms / C_KMS
+        out = np.exp(np.arange(np.log(setting.wave_min), np.log(setting.wave_max), step))
+    else:
+        out_medium = np.arange(setting.wave_min, setting.wave_max, setting.linear_step_aa)
+        out = air_to_vacuum(out_medium)
+    sampled = np.interp(out, wave, np.where(bad, np.nan, flux), left=np.nan, right=np.nan)
+    sampled *= response_curve(np.log(out), rng)
+    sigma = np.nanmedian(sampled) / snr
+    sampled = sampled + rng.normal(0, sigma, sampled.shape)
+    medium_wave = out if setting.vacuum else vacuum_to_air(out)
+    return medium_wave, sampled, np.full(sampled.shape, sigma), rv, snr
+
+
+def write_upload(path: Path, wave: np.ndarray, flux: np.ndarray, error: np.ndarray, vacuum: bool) -> Path:
+    """CSV (vacuum wavelength, flux, error) or a FITS image with a linear air-wavelength WCS."""
+    if vacuum:
+        lines = ["wavelength,flux,error"] + [
+            f"{w!r},{f!r},{e!r}" for w, f, e in zip(wave.tolist(), flux.tolist(), error.tolist(), strict=True)
+        ]
+        path = path.with_suffix(".csv")
+        path.write_text("\n".join(lines).replace("nan", "") + "\n")
+        return path
+    image = fits.PrimaryHDU(np.nan_to_num(flux, nan=0.0).astype(np.float32))
+    header = image.header
+    header["CTYPE1"], header["CUNIT1"], header["CRPIX1"] = "AWAV", "Angstrom", 1.0
+    header["CRVAL1"], header["CDELT1"] = float(wave[0]), float(wave[1] - wave[0])
+    path = path.with_suffix(".fits")
+    image.writeto(path, overwrite=True)
+    return path
+
+
+def garbage(folder: Path, rng: np.random.Generator, n_each: int) -> list[Upload]:
+    """Uploads no archive of stars should claim: noise, flat lines, ramps, galaxy-like composites."""
+    wave = np.exp(np.arange(np.log(3700.0), np.log(7500.0), 69.0 / C_KMS))
+    made = []
+    config = synthetic.SyntheticConfig()
+    for i in range(n_each):
+        level = rng.uniform(0.5, 5)
+        kinds = {
+            "noise": level + rng.normal(0, level / rng.uniform(2, 10), wave.shape),
+            "flat": np.full(wave.shape, level) + rng.normal(0, level / 100, wave.shape),
+            "ramp": level * np.linspace(1, rng.uniform(0.2, 3), wave.size)
+            + rng.normal(0, level / 50, wave.shape),
+            "galaxy": galaxy_like(wave, config, rng),
+        }
+        for kind, flux in kinds.items():
+            path = write_upload(
+                folder / f"garbage-{kind}-{i}", wave, flux, np.full(wave.shape, level / 50), True
+            )
+            made.append(Upload(path, kind, None, np.nan, np.nan))
+    return made
+
+
+def galaxy_like(wave: np.ndarray, config: synthetic.SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
+    """Three synthetic stars summed, broadened by a 250 km/s dispersion, redshifted, with emission lines."""
+    labels = {
+        "teff": np.array([4200.0, 5600.0, 8500.0]),
+        "logg": np.array([2.5, 4.3, 4.0]),
+        "feh": np.zeros(3),
+        "rv": np.zeros(3),
+        "vsini": np.zeros(3),
+        "snr": np.full(3, 1e4),
+        "airmass": np.zeros(3),
+    }
+    flux, _ = synthetic.render(labels, config, noise=False)
+    weights = rng.dirichlet(np.ones(3))
+    rest = synthetic.wavelength_grid(config)
+    combined = weights @ flux
+    step = np.log(rest[1] / rest[0]) * C_KMS
+    from scipy.ndimage import gaussian_filter1d
+
+    combined = gaussian_filter1d(combined, 250.0 / step)
+    z = rng.uniform(0.05, 0.1)
+    observed = np.interp(wave, rest * (1 + z), combined, left=np.nan, right=np.nan)
+    for line, strength in ((6564.6, 3.0), (5008.2, 2.0), (4862.7, 1.0), (3727.4, 1.5), (6585.3, 1.0)):
+        centre = line * (1 + z)
+        observed += strength * np.exp(-0.5 * ((wave - centre) / (centre * 150 / C_KMS)) ** 2)
+    return observed + rng.normal(0, 0.03, wave.shape)
+
+
+def make_uploads(stars: list[MilesStar], folder: Path, seed: int, n_garbage: int) -> list[Upload]:
+    rng = np.random.default_rng(seed)
+    uploads = []
+    for setting in SETTINGS:
+        for star in stars:
+            wave, flux, error, rv, snr = observe(star, setting, rng)
+            path = write_upload(folder / f"{setting.name}-{star.miles_id}", wave, flux, error, setting.vacuum)
+            uploads.append(Upload(path, setting.name, star, rv, snr))
+    return uploads + garbage(folder, rng, n_garbage)
+
+
+# -- baselines ---------------------------------------------------------------------------------------
+
+
+class Baselines:
+    """k-NN on gridded flux and on its PCA, over the demo archive's spectra, matched like the model's."""
+
+    def __init__(self, root: Path, matching: Matching, grid, n_components: int) -> None:
+        from bench.heldout import DEMO_CONFIG
+        from service import pipeline
+        from service.archive import Archive
+        from service.config import load_config
+
+        archive = Archive.from_config(load_config(DEMO_CONFIG, {"archive": {"root": str(root)}}, environ={}))
+        rows = archive.spectra(columns="obs_publisher_did, source_path, source_index, teff, logg, feh")
+        self.labels = {
+            name: np.array([r[name] if r[name] is not None else np.nan for r in rows])
+            for name in ("teff", "logg", "feh")
+        }
+        spectra = pipeline.read_rows(rows)
+        archive.close()
+        self.grid, self.matchings = grid, {"continuum": matching, "median": Matching("median", 0.0)}
+        self.flux = {}
+        self.good = {}
+        for name, m in self.matchings.items():
+            self.flux[name], self.good[name], _ = prepare_many(spectra, grid, m)
+        _, self.pca = analysis.pca_baseline(
+            self.flux[matching.normalise], n_components, mask=~self.good[matching.normalise]
+        )
+        self.pca_scores = self.pca.transform(
+            np.where(self.good[matching.normalise], self.flux[matching.normalise], 0)
+        )
+        self.normalise = matching.normalise
+
+    def raw(self, spectrum: Spectrum, which: str) -> np.ndarray:
+        flux, good, _ = prepare_many([spectrum], self.grid, self.matchings[which])
+        both = good & self.good[which]
+        diff = np.where(both, self.flux[which] - flux, 0.0)
+        distance = (diff**2).sum(1) / np.maximum(both.sum(1), 1)
+        return np.argsort(distance)[:K]
+
+    def pca_knn(self, spectrum: Spectrum) -> np.ndarray:
+        flux, good, _ = prepare_many([spectrum], self.grid, self.matchings[self.normalise])
+        components = self.pca.components_[:, good[0]]
+        centred = flux[0, good[0]] - self.pca.mean_[good[0]]
+        scores, *_ = np.linalg.lstsq(components.T, centred, rcond=None)
+        distance = ((self.pca_scores - scores) ** 2).sum(1)
+        return np.argsort(distance)[:K]
+
+
+# -- scoring -----------------------------------------------------------------------------------------
+
+
+def label_errors(uploads: list[Upload], voted: list[dict]) -> dict:
+    """Teff within 500 K by range, median |ΔTeff|, |Δlog g|, |Δ[Fe/H]| of the neighbours' medians."""
+    teff = np.array([u.star.teff for u in uploads])
+    out = {}
+    d_teff = np.abs(np.array([v["teff"] for v in voted]) - teff)
+    for low, high in TEFF_RANGES:
+        chosen = (teff >= low) & (teff < high) & np.isfinite(d_teff)
+        key = f"{low:.0f}-{high:.0f}" if high < 1e6 else f">{low:.0f}"
+        out[f"within_500K_{key}"] = float((d_teff[chosen] <= TEFF_TOLERANCE).mean()) if chosen.any() else None
+        out[f"n_{key}"] = int(chosen.sum())
+    out["median_abs_dteff_K"] = float(np.nanmedian(d_teff))
+    out["median_abs_dlogg"] = float(
+        np.nanmedian(np.abs([v["logg"] - u.star.logg for v, u in zip(voted, uploads, strict=True)]))
+    )
+    out["median_abs_dfeh"] = float(
+        np.nanmedian(np.abs([v["feh"] - u.star.feh for v, u in zip(voted, uploads, strict=True)]))
+    )
+    return out
+
+
+def vote(labels: dict[str, np.ndarray], rows: np.ndarray) -> dict:
+    return {name: float(np.nanmedian(values[rows])) for name, values in labels.items()}
+
+
+def velocity_errors(uploads: list[Upload], values: list[float | None]) -> dict:
+    error = np.array([np.nan if v is None else v - u.rv for v, u in zip(values, uploads, strict=True)])
+    snr = np.array([u.snr for u in uploads])
+    out = {"n": int(np.isfinite(error).sum())}
+    for name, chosen in (("all", np.ones(len(error), bool)), ("snr_ge_20", snr >= 20)):
+        e = np.abs(error[chosen & np.isfinite(error)])
+        out[f"median_abs_{name}"] = float(np.median(e)) if len(e) else None
+        out[f"p90_abs_{name}"] = float(np.percentile(e, 90)) if len(e) else None
+    out["median_signed_all"] = float(np.nanmedian(error))
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    build = build_demo(args.root, args.rebuild)
+    print(
+        f"demo archive {'built' if build['built'] else 'reused'} in {build['build_s']:.0f} s at {args.root}"
+    )
+    stars = heldout_stars(args.miles)
+    if args.limit:
+        stars = stars[:: max(1, len(stars) // args.limit)][: args.limit]
+    folder = args.root.parent / f"{args.root.name}-uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    uploads = make_uploads(stars, folder, args.seed, args.garbage)
+    print(f"{len(uploads)} uploads written to {folder}")
+
+    from bench.heldout import DEMO_CONFIG
+    from model.api import LatentModel
+    from service.archive import Archive
+    from service.config import load_config
+
+    archive = Archive.from_config(load_config(DEMO_CONFIG, {"archive": {"root": str(args.root)}}, environ={}))
+    version = archive.current_model()["model_version"]
+    model = LatentModel(archive.model_dir(version))
+    archive.close()
+    baselines = Baselines(args.root, model.matching, model.grid, model.latent_dim)
+
+    answers = []
+    started = time.perf_counter()
+    with gunicorn(args.root, workers=2) as url, requests.Session() as session:
+        for upload in uploads:
+            rows, params = similar(session, url, upload.path, K)
+            answers.append((rows, params))
+    upload_s = time.perf_counter() - started
+    print(f"{len(uploads)} uploads answered in {upload_s:.0f} s")
+
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "k": K,
+        "archive": {
+            "n_spectra": build["n_spectra"],
+            "model_version": version,
+            "latent_dim": model.latent_dim,
+            "matching": model.matching.to_dict(),
+            "velocity_frame": model.velocity_frame,
+        },
+        "n_stars": len(stars),
+        "settings": {},
+    }
+    for setting in SETTINGS:
+        chosen = [(u, a) for u, a in zip(uploads, answers, strict=True) if u.setting == setting.name]
+        ups = [u for u, _ in chosen]
+        spectra = [read_spectra(u.path)[0] for u in ups]
+        voted = {
+            "model": [
+                {
+                    n: float(np.nanmedian([np.nan if r[n] is None else r[n] for r in rows]))
+                    for n in ("teff", "logg", "feh")
+                }
+                for _, (rows, _) in chosen
+            ],
+            "raw flux": [vote(baselines.labels, baselines.raw(s, baselines.normalise)) for s in spectra],
+            "PCA": [vote(baselines.labels, baselines.pca_knn(s)) for s in spectra],
+            "raw flux (median)": [vote(baselines.labels, baselines.raw(s, "median")) for s in spectra],
+        }
+        result["settings"][setting.name] = {
+            "labels": {space: label_errors(ups, v) for space, v in voted.items()},
+            "velocity": {
+                "query_rv": velocity_errors(ups, [p.get("query_rv") for _, (_, p) in chosen]),
+                "query_rv_xcorr": velocity_errors(ups, [p.get("query_rv_xcorr") for _, (_, p) in chosen]),
+            },
+            "rv_err_coverage": coverage_of_errors(ups, [p for _, (_, p) in chosen]),
+        }
+    valid = [a[1].get("ood_score") for u, a in zip(uploads, answers, strict=True) if u.star is not None]
+    hits = []
+    for u, (rows, _) in zip(uploads, answers, strict=True):
+        if u.star is not None and np.isfinite(u.star.teff):
+            voted = np.nanmedian([np.nan if r["teff"] is None else r["teff"] for r in rows])
+            hits.append(abs(voted - u.star.teff) <= TEFF_TOLERANCE)
+    scores = np.array(
+        [
+            a[1].get("ood_score")
+            for u, a in zip(uploads, answers, strict=True)
+            if u.star is not None and np.isfinite(u.star.teff)
+        ]
+    )
+    hits = np.array(hits)
+    warned = scores >= 0.9
+    junk = {}
+    for u, a in zip(uploads, answers, strict=True):
+        if u.star is None:
+            junk.setdefault(u.setting, []).append(a[1].get("ood_score"))
+    all_junk = [s for scores in junk.values() for s in scores]
+    result["ood"] = {
+        "auc": float(roc_auc_score([0] * len(valid) + [1] * len(all_junk), valid + all_junk)),
+        "auc_by_kind": {
+            kind: float(roc_auc_score([0] * len(valid) + [1] * len(s), valid + s)) for kind, s in junk.items()
+        },
+        "valid_median": float(np.median(valid)),
+        "valid_flagged": float(np.mean(np.array(valid) >= 0.9)),
+        "garbage_flagged": float(np.mean(np.array(all_junk) >= 0.9)),
+        "n_valid": len(valid),
+        "within_500K_warned": float(hits[warned].mean()) if warned.any() else None,
+        "within_500K_not_warned": float(hits[~warned].mean()) if (~warned).any() else None,
+        "n_garbage": len(all_junk),
+    }
+    result["upload_s"] = upload_s
+    return result
+
+
+def coverage_of_errors(uploads: list[Upload], params: list[dict]) -> dict:
+    """How often the truth lies within the stated 1σ: query_rv_err and query_rv_xcorr_err."""
+    out = {}
+    for name in ("query_rv", "query_rv_xcorr"):
+        inside = [
+            abs(p[name] - u.rv) <= p[f"{name}_err"]
+            for p, u in zip(params, uploads, strict=True)
+            if p.get(name) is not None and p.get(f"{name}_err") is not None
+        ]
+        out[name] = float(np.mean(inside)) if inside else None
+    return out
+
+
+def fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    a = result["archive"]
+    lines = [
+        "# Spectra from other instruments through /similar",
+        "",
+        f"{result['n_stars']} held-out MILES stars, each as seen by two other instruments, uploaded to the "
+        f"demo archive ({a['n_spectra']} spectra, model version {a['model_version']}, {a['latent_dim']} "
+        f"latent dims, matching {a['matching']}, velocity frame {a['velocity_frame']}). K = {result['k']}; "
+        f'"within 500 K": the neighbours\' median Teff. Run {result["when"]}.',
+        "",
+        "| setting | space | within 500 K, 3500-10000 K | within 500 K, >10000 K | within 500 K, <3500 K "
+        "| median abs dTeff (K) | median abs dlogg | median abs d[Fe/H] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in result["settings"].items():
+        for space, r in s["labels"].items():
+            lines.append(
+                f"| {name} | {space} | {fmt(r['within_500K_3500-10000'], '.1%')} (n={r['n_3500-10000']}) "
+                f"| {fmt(r['within_500K_>10000'], '.1%')} (n={r['n_>10000']}) "
+                f"| {fmt(r['within_500K_0-3500'], '.1%')} (n={r['n_0-3500']}) "
+                f"| {r['median_abs_dteff_K']:.0f} | {r['median_abs_dlogg']:.2f} "
+                f"| {r['median_abs_dfeh']:.2f} |"
+            )
+    lines += [
+        "",
+        "## Velocity (km/s, against the injected velocity)",
+        "",
+        "| setting | estimate | median abs dRV, all | p90 | median abs dRV, S/N >= 20 | p90 | median signed "
+        "| truth within stated 1 sigma |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in result["settings"].items():
+        for estimate, v in s["velocity"].items():
+            lines.append(
+                f"| {name} | {estimate} | {fmt(v['median_abs_all'], '.1f')} | {fmt(v['p90_abs_all'], '.1f')} "
+                f"| {fmt(v['median_abs_snr_ge_20'], '.1f')} | {fmt(v['p90_abs_snr_ge_20'], '.1f')} "
+                f"| {fmt(v['median_signed_all'], '+.1f')} | {fmt(s['rv_err_coverage'][estimate], '.0%')} |"
+            )
+    o = result["ood"]
+    lines += [
+        "",
+        "## ood_score",
+        "",
+        f"ROC AUC, garbage ({o['n_garbage']}) against valid degraded uploads ({o['n_valid']}): "
+        f"**{o['auc']:.3f}**; "
+        + ", ".join(f"{k} {v:.3f}" for k, v in o["auc_by_kind"].items())
+        + f". Valid uploads: median score {o['valid_median']:.2f}, {o['valid_flagged']:.1%} warned (>= 0.9); "
+        f"garbage warned: {o['garbage_flagged']:.1%}. Valid uploads with the Teff of their neighbours within "
+        f"500 K: {fmt(o['within_500K_not_warned'], '.1%')} of those without a warning, "
+        f"{fmt(o['within_500K_warned'], '.1%')} of those warned.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--miles", type=Path, default=miles_dir_default())
+    parser.add_argument("--root", type=Path, default=REPO / "var" / "bench-crossinstrument")
+    parser.add_argument("--rebuild", action="store_true", help="build the demo archive again")
+    parser.add_argument("--limit", type=int, default=0, help="at most N held-out stars (0 = all)")
+    parser.add_argument("--garbage", type=int, default=25, help="garbage uploads of each kind")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "crossinstrument.json").write_text(json.dumps(result, indent=2))
+    text = markdown(result)
+    (args.out / "crossinstrument.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
