@@ -393,8 +393,30 @@ def run(args: argparse.Namespace) -> dict:
         "within_500K_not_warned": float(hits[~warned].mean()) if (~warned).any() else None,
         "n_garbage": len(all_junk),
     }
+    result["in_distribution"] = in_distribution(model, baselines)
     result["upload_s"] = upload_s
     return result
+
+
+def in_distribution(model, baselines: Baselines, k: int = 10) -> dict:
+    """10-NN leave-one-out over the archive's own spectra: median |label − neighbours' median| per space."""
+    from sklearn.neighbors import NearestNeighbors
+
+    spaces = {
+        "model (similarity dims)": np.asarray(model.latents)[:, model.similarity_dims],
+        "raw flux": baselines.flux[baselines.normalise],
+        "PCA": baselines.pca_scores,
+        "raw flux (median)": baselines.flux["median"],
+    }
+    out = {}
+    for space, vectors in spaces.items():
+        _, found = NearestNeighbors(n_neighbors=k + 1).fit(vectors).kneighbors(vectors)
+        found = found[:, 1:]  # leave the spectrum itself out
+        out[space] = {
+            name: float(np.nanmedian(np.abs(np.nanmedian(values[found], axis=1) - values)))
+            for name, values in baselines.labels.items()
+        }
+    return out
 
 
 def coverage_of_errors(uploads: list[Upload], params: list[dict]) -> dict:
@@ -452,6 +474,15 @@ def markdown(result: dict) -> str:
                 f"| {fmt(v['median_abs_snr_ge_20'], '.1f')} | {fmt(v['p90_abs_snr_ge_20'], '.1f')} "
                 f"| {fmt(v['median_signed_all'], '+.1f')} | {fmt(s['rv_err_coverage'][estimate], '.0%')} |"
             )
+    lines += [
+        "",
+        "## In distribution: the demo archive itself, 10-NN leave-one-out",
+        "",
+        "| space | median abs dTeff (K) | dlogg | d[Fe/H] |",
+        "|---|---|---|---|",
+    ]
+    for space, r in result["in_distribution"].items():
+        lines.append(f"| {space} | {r['teff']:.0f} | {r['logg']:.3f} | {r['feh']:.3f} |")
     o = result["ood"]
     lines += [
         "",
@@ -478,6 +509,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="at most N held-out stars (0 = all)")
     parser.add_argument("--garbage", type=int, default=25, help="garbage uploads of each kind")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--in-distribution-only", action="store_true", help="only the demo archive's own 10-NN figures"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     result = run(args)
