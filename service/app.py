@@ -16,6 +16,8 @@ from service.votable import VOTABLE_MIME, error_document
 log = logging.getLogger(__name__)
 #: Paths answered with DALI error documents rather than HTML error pages.
 PROTOCOL_PREFIXES = ("/tap", "/ssa", "/datalink", "/data", "/similar")
+#: Paths of the JSON endpoints: their errors are JSON too.
+JSON_PREFIXES = ("/explore/decode",)
 SERVER_HEADER = f"latentvo/{__version__} (Flask; IVOA TAP 1.1, SSAP 1.1, DataLink 1.1)"
 
 
@@ -28,7 +30,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["latentvo"] = ServiceState(config)
     app.teardown_appcontext(close_archive)
 
-    from service import data, datalink, similar, ssap, web
+    from service import data, datalink, explore, similar, ssap, web
     from service.tap import blueprint as tap
 
     app.register_blueprint(web.bp)
@@ -38,6 +40,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(datalink.rdf_bp)
     app.register_blueprint(data.bp, url_prefix="/data")
     app.register_blueprint(similar.bp, url_prefix="/similar")
+    app.register_blueprint(explore.bp, url_prefix="/explore")
 
     app.register_error_handler(DALIError, dali_error)
     app.register_error_handler(HTTPException, http_error)
@@ -55,6 +58,8 @@ def dali_error(exc: DALIError) -> Response:
 
 
 def http_error(exc: HTTPException) -> Response | HTTPException:
+    if request.path.startswith(JSON_PREFIXES):
+        return explore_json_error(exc)
     if request.path.startswith(PROTOCOL_PREFIXES):
         fault = "NotFoundFault" if exc.code == 404 else "UsageFault"
         response = error_response(f"{fault}: {exc.description}", exc.code or 400)
@@ -65,7 +70,18 @@ def http_error(exc: HTTPException) -> Response | HTTPException:
 
 
 def server_error(exc: Exception) -> Response:
-    return error_response(internal_error(log, f"unexpected error on {request.path}"), 500)
+    message = internal_error(log, f"unexpected error on {request.path}")
+    if request.path.startswith(JSON_PREFIXES):
+        return explore_json_error(DALIError(message.removeprefix("FatalFault: ")))
+    return error_response(message, 500)
+
+
+def explore_json_error(exc: Exception) -> Response:
+    from service.explore import json_error, json_http_error
+
+    response, status = json_error(exc) if isinstance(exc, DALIError) else json_http_error(exc)
+    response.status_code = status
+    return response
 
 
 def server_header(response: Response) -> Response:
