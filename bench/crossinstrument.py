@@ -41,12 +41,15 @@ from pathlib import Path
 import numpy as np
 import requests
 from astropy.io import fits
+from scipy.ndimage import gaussian_filter1d
 from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.heldout import (  # noqa: E402
+    DEMO_CONFIG,
     MilesStar,
     build_demo,
     gunicorn,
@@ -55,9 +58,13 @@ from bench.heldout import (  # noqa: E402
     similar,
 )
 from model import analysis, synthetic  # noqa: E402
+from model.api import LatentModel  # noqa: E402
 from model.preprocess import C_KMS, Matching, prepare_many, smooth_to_resolution  # noqa: E402
 from model.readers import read_spectra  # noqa: E402
 from model.spectrum import Spectrum, air_to_vacuum, vacuum_to_air  # noqa: E402
+from service import pipeline  # noqa: E402
+from service.archive import Archive  # noqa: E402
+from service.config import load_config  # noqa: E402
 
 K = 5
 TEFF_TOLERANCE = 500.0
@@ -180,8 +187,6 @@ def galaxy_like(wave: np.ndarray, config: synthetic.SyntheticConfig, rng: np.ran
     rest = synthetic.wavelength_grid(config)
     combined = weights @ flux
     step = np.log(rest[1] / rest[0]) * C_KMS
-    from scipy.ndimage import gaussian_filter1d
-
     combined = gaussian_filter1d(combined, 250.0 / step)
     z = rng.uniform(0.05, 0.1)
     observed = np.interp(wave, rest * (1 + z), combined, left=np.nan, right=np.nan)
@@ -209,11 +214,6 @@ class Baselines:
     """k-NN on gridded flux and on its PCA, over the demo archive's spectra, matched like the model's."""
 
     def __init__(self, root: Path, matching: Matching, grid, n_components: int) -> None:
-        from bench.heldout import DEMO_CONFIG
-        from service import pipeline
-        from service.archive import Archive
-        from service.config import load_config
-
         archive = Archive.from_config(load_config(DEMO_CONFIG, {"archive": {"root": str(root)}}, environ={}))
         rows = archive.spectra(columns="obs_publisher_did, source_path, source_index, teff, logg, feh")
         self.labels = {
@@ -302,11 +302,6 @@ def run(args: argparse.Namespace) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     uploads = make_uploads(stars, folder, args.seed, args.garbage)
     print(f"{len(uploads)} uploads written to {folder}")
-
-    from bench.heldout import DEMO_CONFIG
-    from model.api import LatentModel
-    from service.archive import Archive
-    from service.config import load_config
 
     archive = Archive.from_config(load_config(DEMO_CONFIG, {"archive": {"root": str(args.root)}}, environ={}))
     version = archive.current_model()["model_version"]
@@ -400,8 +395,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def in_distribution(model, baselines: Baselines, k: int = 10) -> dict:
     """10-NN leave-one-out over the archive's own spectra: median |label − neighbours' median| per space."""
-    from sklearn.neighbors import NearestNeighbors
-
     spaces = {
         "model (similarity dims)": np.asarray(model.latents)[:, model.similarity_dims],
         "raw flux": baselines.flux[baselines.normalise],
@@ -509,9 +502,6 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="at most N held-out stars (0 = all)")
     parser.add_argument("--garbage", type=int, default=25, help="garbage uploads of each kind")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument(
-        "--in-distribution-only", action="store_true", help="only the demo archive's own 10-NN figures"
-    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     result = run(args)

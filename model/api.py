@@ -34,9 +34,10 @@ class Encoded:
     mean: np.ndarray  # (n, d) float32 posterior means
     var: np.ndarray  # (n, d) float32 posterior variances
     recon_error: np.ndarray  # (n,) RMS residual over good pixels, normalised-flux units
-    structured: np.ndarray  # (n,) the residual beyond the noise (model.ood.structured_residual)
-    line_signal: np.ndarray  # (n,) lines and bands beyond the noise (model.ood.line_signal)
     coverage: np.ndarray | None = None  # (n,) fraction of the grid the input covered
+    #: With ``ood=True`` only (what ood_score ranks; the archive's own encoding does not need them):
+    structured: np.ndarray | None = None  # (n,) the residual beyond the noise (model.ood.structured_residual)
+    line_signal: np.ndarray | None = None  # (n,) lines and bands beyond the noise (model.ood.line_signal)
 
 
 class LatentModel:
@@ -129,14 +130,16 @@ class LatentModel:
         return self._index
 
     @torch.no_grad()
-    def encode_arrays(self, flux: np.ndarray, good: np.ndarray, batch_size: int = 512) -> Encoded:
+    def encode_arrays(
+        self, flux: np.ndarray, good: np.ndarray, batch_size: int = 512, ood: bool = False
+    ) -> Encoded:
         """Encode spectra already on the grid; returns posterior means, variances, reconstruction error."""
         n = len(flux)
         mean = np.empty((n, self.latent_dim), np.float32)
         var = np.empty((n, self.latent_dim), np.float32)
         err = np.empty(n, np.float32)
-        structured = np.empty(n, np.float32)
-        signal = np.empty(n, np.float32)
+        structured = np.empty(n, np.float32) if ood else None
+        signal = np.empty(n, np.float32) if ood else None
         for start in range(0, n, batch_size):
             x = torch.as_tensor(np.asarray(flux[start : start + batch_size], np.float32), device=self.device)
             m = torch.as_tensor(np.asarray(good[start : start + batch_size], bool), device=self.device)
@@ -148,15 +151,16 @@ class LatentModel:
             mean[start:stop] = mu.cpu().numpy()
             var[start:stop] = logvar.exp().cpu().numpy()
             err[start:stop] = rmse.cpu().numpy()
-            flux_np, good_np = x.cpu().numpy(), m.cpu().numpy()
-            structured[start:stop] = structured_residual(recon.cpu().numpy(), flux_np, good_np)
-            signal[start:stop] = line_signal(flux_np, good_np)
-        return Encoded(mean, var, err, structured, signal)
+            if ood:
+                flux_np, good_np = x.cpu().numpy(), m.cpu().numpy()
+                structured[start:stop] = structured_residual(recon.cpu().numpy(), flux_np, good_np)
+                signal[start:stop] = line_signal(flux_np, good_np)
+        return Encoded(mean, var, err, structured=structured, line_signal=signal)
 
-    def encode_spectra(self, spectra: Sequence[Spectrum]) -> Encoded:
+    def encode_spectra(self, spectra: Sequence[Spectrum], ood: bool = False) -> Encoded:
         """Resample spectra from any grid onto the model's, then encode them."""
         flux, good, coverage = prepare_many(spectra, self.grid, self.matching)
-        encoded = self.encode_arrays(flux, good)
+        encoded = self.encode_arrays(flux, good, ood=ood)
         encoded.coverage = coverage
         return encoded
 

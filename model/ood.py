@@ -147,30 +147,29 @@ def structured_residual(recon: np.ndarray, flux: np.ndarray, good: np.ndarray) -
     good = np.asarray(good, bool)
     weight = good.astype(np.float64)
     best = np.full(len(flux), np.inf)
-    pairs = good[:, 1:] & good[:, :-1]
-    n_good = np.maximum(weight.sum(1), 1)
-    n_pairs = np.maximum(pairs.sum(1), 1)
     for sigma in RESIDUAL_BLURS:
         model = recon
         if sigma > 0:  # blur only over the spectrum's own pixels
             norm = gaussian_filter1d(weight, sigma, axis=1, mode="nearest")
             blurred = gaussian_filter1d(recon * weight, sigma, axis=1, mode="nearest")
             model = np.where(norm > 1e-6, blurred / np.maximum(norm, 1e-6), recon)
-        r = np.where(good, flux - model, 0.0)
-        total = (r**2).sum(1) / n_good
-        steps = (np.where(pairs, np.diff(r, axis=1), 0.0) ** 2).sum(1) / n_pairs
-        best = np.minimum(best, np.sqrt(np.maximum(total - steps / 2, 0.0)))
+        best = np.minimum(best, beyond_noise(flux - model, good))
     return best
 
 
 def line_signal(flux: np.ndarray, good: np.ndarray) -> np.ndarray:
-    """How much a spectrum departs from flat beyond its noise, per spectrum (n,): √max(0, ⟨f²⟩ − ⟨Δf²⟩/2)
-    with f the normalised flux less 1 over good pixels - the lines and bands a star has."""
-    good = np.asarray(good, bool)
-    f = np.where(good, flux - 1.0, 0.0)
+    """How much a spectrum departs from flat beyond its noise, per spectrum (n,): :func:`beyond_noise` of
+    the normalised flux less 1 - the lines and bands a star has."""
+    return beyond_noise(flux - 1.0, np.asarray(good, bool))
+
+
+def beyond_noise(values: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """√max(0, ⟨v²⟩ − ⟨Δv²⟩/2) over good pixels (and good neighbouring pairs), per row: white noise adds
+    σ² to the first term and 2σ² to ⟨Δv²⟩, so what is left is the smooth part of ``values``."""
+    v = np.where(good, values, 0.0)
     pairs = good[:, 1:] & good[:, :-1]
-    total = (f**2).sum(1) / np.maximum(good.sum(1), 1)
-    steps = (np.where(pairs, np.diff(f, axis=1), 0.0) ** 2).sum(1) / np.maximum(pairs.sum(1), 1)
+    total = (v**2).sum(1) / np.maximum(good.sum(1), 1)
+    steps = (np.where(pairs, np.diff(v, axis=1), 0.0) ** 2).sum(1) / np.maximum(pairs.sum(1), 1)
     return np.sqrt(np.maximum(total - steps / 2, 0.0))
 
 

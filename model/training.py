@@ -7,7 +7,7 @@ import hashlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -315,11 +315,10 @@ def velocity_errors(
     config: TrainConfig,
     device: torch.device,
 ) -> dict:
-    """z0's velocity error on the validation rows of known velocity, as served and degraded.
-
-    ``rv_error_kms`` (the 68th percentile of |error| over the degraded inputs, or the clean ones
-    without augmentation) is the systematic part of each answer's stated ``query_rv_err``.
-    """
+    """z0's velocity error on the validation rows of known velocity, clean and degraded, kept in the
+    version's metrics: its bias says whether z0 = 0 is the archive's frame (the anchor at work), and
+    the 68th percentiles of |error| how far the encoder alone places a spectrum (model/velocity.py
+    refines it by cross-correlation)."""
     known = np.flatnonzero(np.isfinite(anchor))
     if not len(known):
         return {}
@@ -335,7 +334,7 @@ def velocity_errors(
         degraded = degrade(
             x,
             m,
-            InstrumentAugmentation(**{**augmentation.__dict__, "probability": 1.0}),
+            replace(augmentation, probability=1.0),
             resolving_power,
             pixel_kms,
             generator,

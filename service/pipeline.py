@@ -439,7 +439,7 @@ def ood_reference(archive: Archive, version: int, index: LatentIndex, model: Lat
     train_config = TrainConfig.from_mapping(model.config.get("train", {}))
     if train_config.augment_instrument:
         flux, good = degraded_copies(flux, good, train_config, model, seed=int(train_config.seed))
-    encoded = model.encode_arrays(flux, good)
+    encoded = model.encode_arrays(flux, good, ood=True)
     nearest = np.empty(len(chosen))
     for n, (row, vector) in enumerate(zip(chosen, encoded.mean, strict=True)):
         found, distances = index.query_vector(vector, 2)

@@ -255,7 +255,7 @@ def load_query(params: Params, served: ServedModel) -> Query:
         )
     name = secure_filename(upload.filename or "") or "upload"
     spectrum = read_upload(upload, name, params.get_int("INDEX", minimum=0))
-    return Query(name, spectrum, served.model.encode_spectra([spectrum]), None)
+    return Query(name, spectrum, served.model.encode_spectra([spectrum], ood=True), None)
 
 
 def archived_encoding(model: LatentModel, spectrum: Spectrum, row: int) -> Encoded:
