@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean stilts
+.PHONY: install demo test lint bench clean stilts chromium vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,20 @@ stilts:
 	    exit 1; \
 	  fi; }
 
-test: install stilts
+# The explorer's browser tests drive the system's Chromium (never a downloaded one) with Playwright.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$LATENTVO_CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Chromium (apt-get install chromium) for the explorer's browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "make test needs Chromium for the explorer's browser tests." >&2; \
+	    echo "Install it with 'sudo apt-get install chromium' (Debian, Ubuntu), or set LATENTVO_CHROMIUM" >&2; \
+	    echo "to a Chromium or Chrome executable; then run make test again." >&2; \
+	    exit 1; \
+	  fi; }
+
+test: install stilts chromium
 	$(BIN)/python -m pytest -q tests
 
 lint: install
@@ -48,3 +61,13 @@ bench: install
 
 clean:
 	rm -rf var build *.egg-info
+
+# Browser libraries of the explorer pages, from the npm registry (see service/static/vendor/README.md).
+vendor:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	while read -r name version files; do \
+	  (cd "$$tmp" && npm pack -q "$$name@$$version" >/dev/null && mkdir -p "$$name" && tar xzf "$$name-$$version.tgz" -C "$$name"); \
+	  mkdir -p "service/static/vendor/$$name"; \
+	  for f in $$files; do cp "$$tmp/$$name/package/$$f" "service/static/vendor/$$name/"; done; \
+	  cp "$$tmp/$$name/package/LICENSE" "service/static/vendor/$$name/"; \
+	done < service/static/vendor/packages.txt

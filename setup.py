@@ -38,7 +38,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "lxml>=5"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "lxml>=5", "playwright>=1.40"],
     },
     entry_points={"console_scripts": ["latentvo = service.cli:main"]},
     classifiers=[

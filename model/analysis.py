@@ -6,6 +6,7 @@ errors), so it serves the trained β-VAE, the PCA baseline and synthetic test ca
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 
 import numpy as np
@@ -308,3 +309,36 @@ def first_occurrence(values: np.ndarray) -> np.ndarray:
     first = np.empty_like(first_sorted)
     np.put_along_axis(first, order, first_sorted, axis=1)
     return first
+
+
+#: Projections :func:`map_projection` knows; "umap" needs the optional umap-learn package.
+MAP_METHODS = ("pca", "umap")
+
+
+def available_map_methods() -> list[str]:
+    """The projections this installation can compute: PCA always, UMAP when umap-learn is present."""
+    return ["pca", *(["umap"] if importlib.util.find_spec("umap") is not None else [])]
+
+
+def map_projection(latents: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """A 2-D map (n, 2) of latent vectors, for people to look at the archive.
+
+    PCA keeps large distances (its axes are the directions the archive varies most in); UMAP keeps
+    neighbourhoods, which shows clusters better but distorts distances between them.
+    """
+    data = np.asarray(latents, dtype=np.float64)
+    if data.ndim != 2 or len(data) == 0:
+        raise ValueError(f"latents must be a non-empty (n, d) matrix, not {data.shape}")
+    if method == "pca":
+        if data.shape[1] == 1 or len(data) < 2:
+            xy = np.zeros((len(data), 2))
+            xy[:, 0] = data[:, 0] - data[:, 0].mean()
+            return xy
+        scores = PCA(n_components=2, random_state=seed).fit_transform(data)
+        return scores if scores.shape[1] == 2 else np.column_stack([scores, np.zeros(len(data))])
+    if method == "umap":
+        import umap  # optional dependency: only reached where available_map_methods() lists it
+
+        neighbours = max(2, min(15, len(data) - 1))
+        return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed).fit_transform(data)
+    raise ValueError(f"unknown map method {method!r}; use one of {', '.join(MAP_METHODS)}")

@@ -152,6 +152,20 @@ CREATE TABLE IF NOT EXISTS ml_label_correlation (
     PRIMARY KEY (model_version, dim, label)
 );
 
+-- A 2-D map of the archive per model version: each spectrum's place in a projection of the
+-- similarity dimensions (method 'pca' always; 'umap' when umap-learn is installed), for the
+-- explorer's map page and for anyone who wants to plot the archive.
+CREATE TABLE IF NOT EXISTS ml_map (
+    model_version     INTEGER NOT NULL REFERENCES ml_model (model_version),
+    method            TEXT NOT NULL,
+    obs_publisher_did TEXT NOT NULL,
+    row_index         INTEGER NOT NULL,
+    x                 REAL NOT NULL,
+    y                 REAL NOT NULL,
+    PRIMARY KEY (model_version, method, obs_publisher_did)
+);
+CREATE INDEX IF NOT EXISTS ml_map_row ON ml_map (model_version, method, row_index);
+
 -- == UWS jobs ==
 -- TAP asynchronous jobs (/tap/async, UWS 1.1). Written only by the service
 -- (service/tap/jobs.py runs this section on its own read-write connection, so archives built

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -17,14 +18,16 @@ log = logging.getLogger(__name__)
 #: Paths answered with DALI error documents rather than HTML error pages.
 PROTOCOL_PREFIXES = ("/tap", "/ssa", "/datalink", "/data", "/similar")
 #: Paths of the JSON endpoints: their errors are JSON too.
-JSON_PREFIXES = ("/explore/decode",)
+JSON_PREFIXES = ("/explore/decode", "/explore/map")
+#: Scripts, styles and vendored libraries of the explorer pages.
+STATIC_FOLDER = str(Path(__file__).parent / "static")
 SERVER_HEADER = f"latentvo/{__version__} (Flask; IVOA TAP 1.1, SSAP 1.1, DataLink 1.1)"
 
 
 def create_app(config: dict | None = None) -> Flask:
     """Build the service for one archive; ``config`` as from :func:`service.config.load_config`."""
     config = config or load_config()
-    app = Flask("latentvo", static_folder=None)
+    app = Flask("latentvo", static_folder=STATIC_FOLDER, static_url_path="/static")
     app.config["LATENTVO"] = config
     app.config["MAX_CONTENT_LENGTH"] = config["service"]["max_request_bytes"]
     app.extensions["latentvo"] = ServiceState(config)

@@ -327,6 +327,33 @@ class Archive:
                 (" ".join(map(str, informative)), version),
             )
 
+    def write_map(self, version: int, method: str, dids: Sequence[str], xy: np.ndarray) -> None:
+        """Replace the 2-D map of a version made by ``method`` (row i of ``xy`` is ``dids[i]``)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM ml_map WHERE model_version = ? AND method = ?", (version, method))
+            conn.executemany(
+                "INSERT INTO ml_map (model_version, method, obs_publisher_did, row_index, x, y) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                ((version, method, did, i, float(xy[i, 0]), float(xy[i, 1])) for i, did in enumerate(dids)),
+            )
+
+    def map_methods(self, version: int) -> list[str]:
+        """The projections stored for a version, PCA first."""
+        rows = self.conn.execute("SELECT DISTINCT method FROM ml_map WHERE model_version = ?", (version,))
+        return sorted((r[0] for r in rows), key=lambda m: (m != "pca", m))
+
+    def map_points(self, version: int, method: str) -> list[sqlite3.Row]:
+        """Every mapped spectrum of a version with what the map colours and labels points by."""
+        return self.conn.execute(
+            "SELECT m.obs_publisher_did, m.x, m.y, s.obs_collection, s.target_name, s.teff, s.logg, s.feh, "
+            "s.rv, s.snr, l.anomaly_score FROM ml_map AS m "
+            "JOIN spectrum AS s ON s.obs_publisher_did = m.obs_publisher_did "
+            "LEFT JOIN ml_latent AS l ON l.model_version = m.model_version "
+            "AND l.obs_publisher_did = m.obs_publisher_did "
+            "WHERE m.model_version = ? AND m.method = ? ORDER BY m.row_index",
+            (version, method),
+        ).fetchall()
+
 
 def safe_key(text: str) -> str:
     """An identifier fit for a DID and a URL query without escaping."""

@@ -3,20 +3,27 @@
 ``POST /explore/decode`` takes ``{"z": [z0, …, zN]}`` (a full latent vector of the model in service)
 and answers ``{"model_version", "wavelength", "flux"}``: the decoded spectrum on the model's grid
 (vacuum Å, normalised flux as the model sees spectra). The slider explorer calls it on every move.
+
+``GET /explore/map?METHOD=pca`` answers the whole ml.map of the model in service, column-wise (one
+list per quantity, the same order in each) so that 10⁵ points load in one small request.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from service.errors import DALIError, UsageError
+from service.datalink import MAX_K
+from service.errors import DALIError, NotFoundError, UsageError
 from service.state import state
+from service.web import service_description
 
-bp = Blueprint("explore", __name__)
+bp = Blueprint("explore", __name__, template_folder="templates")
 
 #: Latent values beyond this many prior σ are refused: nothing the archive holds lies there.
 MAX_ABS_Z = 50.0
@@ -30,6 +37,51 @@ def json_error(exc: DALIError) -> tuple[Response, int]:
 @bp.errorhandler(HTTPException)
 def json_http_error(exc: HTTPException) -> tuple[Response, int]:
     return jsonify(error="UsageFault", message=exc.description or exc.name), exc.code or 400
+
+
+# -- pages ------------------------------------------------------------------------------------------
+
+PAGES = {
+    "": ("map", "explore/map.html"),
+    "/spectrum": ("spectrum", "explore/spectrum.html"),
+    "/sliders": ("sliders", "explore/sliders.html"),
+    "/similar": ("similar", "explore/similar.html"),
+    "/correlations": ("correlations", "explore/correlations.html"),
+}
+
+
+def page(name: str, template: str) -> Callable[[], str]:
+    def view() -> str:
+        return render_template(
+            template,
+            page=name,
+            service=service_description(),
+            base_path=urlsplit(state().base_url).path.rstrip("/"),
+            max_k=MAX_K,
+            velocity=velocity_dimension(),
+        )
+
+    view.__name__ = f"{name}_page"
+    view.__doc__ = f"The explorer's {name} page (its script queries the public endpoints)."
+    return view
+
+
+def velocity_dimension() -> dict | None:
+    """The latent dimension that is the radial velocity, for the pages to label it so (None: none)."""
+    try:
+        model = state().served_model().model
+    except DALIError:  # no model in service yet: the page's own query says so
+        return None
+    if model.velocity_dim is None:
+        return None
+    return {"dim": model.velocity_dim, "scale_kms": model.velocity_scale_kms}
+
+
+for _path, (_name, _template) in PAGES.items():
+    bp.add_url_rule(_path, view_func=page(_name, _template), methods=["GET"])
+
+
+# -- JSON endpoints ---------------------------------------------------------------------------------
 
 
 @bp.route("/decode", methods=["GET", "POST"])
@@ -46,6 +98,46 @@ def decode() -> Response:
         wavelength=[round(float(w), 4) for w in model.grid.wavelength],
         flux=[round(float(f), 6) for f in flux],
     )
+
+
+#: Label columns the map sends for colouring and tooltips (ivoa.obscore names).
+MAP_LABELS = ("teff", "logg", "feh", "rv", "snr")
+
+
+@bp.get("/map")
+def map_points() -> Response:
+    """Every archive spectrum's place on the 2-D map, with what the page colours and labels it by."""
+    served = state().served_model()
+    archive = state().archive()
+    methods = archive.map_methods(served.version)
+    if not methods:
+        raise NotFoundError(f"model version {served.version} has no map yet: run latentvo analyse")
+    method = (request.args.get("METHOD") or request.args.get("method") or methods[0]).strip().lower()
+    if method not in methods:
+        raise UsageError(f"unknown METHOD {method!r}; this model has {', '.join(methods)}")
+    rows = archive.map_points(served.version, method)
+    collections = sorted({r["obs_collection"] for r in rows})
+    code = {name: i for i, name in enumerate(collections)}
+    return jsonify(
+        model_version=served.version,
+        method=method,
+        methods=methods,
+        n=len(rows),
+        id=[r["obs_publisher_did"] for r in rows],
+        target=[r["target_name"] for r in rows],
+        x=[round(r["x"], 5) for r in rows],
+        y=[round(r["y"], 5) for r in rows],
+        collections=collections,
+        collection=[code[r["obs_collection"]] for r in rows],
+        labels={name: [rounded(r[name]) for r in rows] for name in (*MAP_LABELS, "anomaly_score")},
+    )
+
+
+def rounded(value: float | None) -> float | None:
+    """Four significant digits are more than a map shows; null stays null (JSON has no NaN)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.4g}")
 
 
 def latent_vector(body: object, latent_dim: int) -> np.ndarray:

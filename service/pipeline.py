@@ -413,7 +413,17 @@ def analyse(archive: Archive, config: dict, version: int | None = None, progress
         },
     }
     write_json_atomic(directory / ANALYSIS_FILE, summary)
+    similarity = LatentModel(directory).similarity_dims  # reads the informative dimensions just written
+    summary["map_methods"] = write_maps(archive, version, dids, mean[:, similarity])
     return summary
+
+
+def write_maps(archive: Archive, version: int, dids: Sequence[str], latents: np.ndarray) -> list[str]:
+    """Store ml.map for every projection this installation can make; the methods written."""
+    methods = analysis.available_map_methods()
+    for method in methods:
+        archive.write_map(version, method, dids, analysis.map_projection(latents, method))
+    return methods
 
 
 # -- index ------------------------------------------------------------------------------

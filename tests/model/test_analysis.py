@@ -12,6 +12,7 @@ from model.analysis import (
     informative_dimensions,
     kl_per_dimension,
     knn_label_vote,
+    map_projection,
     mutual_information,
     pca_baseline,
     robust_z,
@@ -246,3 +247,26 @@ def test_first_occurrence_marks_each_value_once_per_row():
     values = np.array([[3, 1, 3, 2, 1], [0, 0, 0, 5, 5]])
     expected = np.array([[1, 1, 0, 1, 0], [1, 0, 0, 1, 0]], dtype=bool)
     np.testing.assert_array_equal(first_occurrence(values), expected)
+
+
+# --- the 2-D map ------------------------------------------------------------------------------------
+
+
+def test_pca_map_keeps_the_two_largest_directions(planted):
+    latents, _ = planted
+    stretched = latents * np.array([5.0, 0.1, 3.0, 0.1])
+    xy = map_projection(stretched, "pca")
+    assert xy.shape == (len(latents), 2)
+    # the map's axes are the two stretched dimensions, in order of size
+    assert abs(np.corrcoef(xy[:, 0], stretched[:, 0])[0, 1]) > 0.99
+    assert abs(np.corrcoef(xy[:, 1], stretched[:, 2])[0, 1]) > 0.99
+
+
+def test_map_of_one_dimension_or_one_row_and_unknown_method():
+    line = np.arange(5.0)[:, None]
+    np.testing.assert_allclose(map_projection(line)[:, 0], line[:, 0] - 2.0)
+    assert map_projection(np.ones((1, 3))).shape == (1, 2)
+    with pytest.raises(ValueError, match="unknown map method"):
+        map_projection(np.ones((4, 2)), "tsne")
+    with pytest.raises(ValueError, match="non-empty"):
+        map_projection(np.ones((0, 2)))

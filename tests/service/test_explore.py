@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import requests
@@ -77,3 +79,44 @@ def test_nan_and_the_wrong_method_and_size_are_json_errors(live_server, model):
 def test_the_landing_page_documents_the_decode_endpoint(live_server):
     page = requests.get(f"{live_server.url}/", timeout=30).text
     assert f"POST {live_server.url}/explore/decode" in page
+
+
+def test_map_answers_every_encoded_spectrum_column_wise(live_server, dids):
+    response = requests.get(f"{live_server.url}/explore/map", timeout=30)
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/json"
+    answer = response.json()
+    assert answer["method"] == "pca" and answer["methods"][0] == "pca"
+    assert answer["n"] == len(dids) and sorted(answer["id"]) == sorted(dids)
+    for column in ("target", "x", "y", "collection"):
+        assert len(answer[column]) == answer["n"], column
+    assert set(answer["labels"]) == {"teff", "logg", "feh", "rv", "snr", "anomaly_score"}
+    assert all(len(values) == answer["n"] for values in answer["labels"].values())
+    assert answer["collections"] == ["miles"] and set(answer["collection"]) == {0}
+    assert np.std(answer["x"]) > np.std(answer["y"]) > 0  # PCA: the first axis carries the most variance
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "wanted"),
+    [("?METHOD=tsne", 400, "unknown METHOD"), ("?METHOD=" + "x" * 3000, 400, "unknown METHOD")],
+)
+def test_map_refuses_an_unknown_projection_in_json(live_server, query, status, wanted):
+    response = requests.get(f"{live_server.url}/explore/map{query}", timeout=30)
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert wanted in response.json()["message"] and response.json()["error"] == "UsageFault"
+
+
+def test_map_refuses_post_in_json(live_server):
+    response = requests.post(f"{live_server.url}/explore/map", timeout=30)
+    assert response.status_code == 405 and response.json()["error"] == "UsageFault"
+
+
+@pytest.mark.parametrize("page", ["", "/similar", "/sliders", "/correlations", "/spectrum"])
+def test_pages_load_only_scripts_and_styles_of_this_service(live_server, page):
+    response = requests.get(f"{live_server.url}/explore{page}", timeout=30)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
+    sources = re.findall(r'(?:src|href)="([^"]+)"', response.text)
+    assert sources and all(s.startswith(("/", "data:", "#")) for s in sources), sources
+    for source in sources:
+        if source.startswith("/static/"):
+            assert requests.get(live_server.url + source, timeout=30).status_code == 200, source

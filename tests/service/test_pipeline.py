@@ -107,6 +107,21 @@ def test_analysis_stores_mi_for_model_and_pca(built):
     assert [int(d) for d in informative] == analysis["informative_dims"]
 
 
+def test_analysis_maps_every_encoded_spectrum_by_its_similarity_dimensions(built):
+    archive, _, _, version, analysis, _ = built
+    assert analysis["map_methods"][0] == "pca"
+    rows = archive.map_points(version, "pca")
+    assert [r["obs_publisher_did"] for r in rows] == archive.latent_dids(version)
+    model = LatentModel(archive.model_dir(version))
+    latents = np.asarray(model.latents)[:, model.similarity_dims]
+    xy = np.array([[r["x"], r["y"]] for r in rows])
+    # The map's first axis is the similarity space's first principal direction: the two agree.
+    centred = latents - latents.mean(axis=0)
+    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+    assert abs(np.corrcoef(centred @ direction, xy[:, 0])[0, 1]) > 0.999
+    assert archive.map_methods(version) == analysis["map_methods"]
+
+
 def test_index_recall_equals_stored_figure_and_self_is_first_neighbour(built):
     archive, _, _, version, _, index = built
     model = LatentModel(archive.model_dir(version))

@@ -1,0 +1,373 @@
+// The map page: every archive spectrum as a point of ml.map, drawn with WebGL so that 10^5 points
+// pan and zoom smoothly; colour by a label, hover for a tooltip, click for the detail, lasso or box
+// to select, and the selection to TOPCAT over SAMP.
+"use strict";
+
+/** A WebGL scatter plot with equal axes, pan (drag), zoom (wheel) and screen-space picking. */
+class Scatter {
+  constructor(canvas, x, y) {
+    this.canvas = canvas;
+    this.x = Float32Array.from(x);
+    this.y = Float32Array.from(y);
+    this.n = this.x.length;
+    this.selected = new Uint8Array(this.n);
+    this.drawn = 0;
+    const gl = canvas.getContext("webgl", { antialias: true, preserveDrawingBuffer: true });
+    if (!gl) throw new Error("this browser has no WebGL: the map needs it");
+    this.gl = gl;
+    this.program = this.compile(`
+      attribute vec2 a_pos; attribute vec3 a_colour; attribute float a_selected;
+      uniform vec2 u_scale; uniform vec2 u_offset; uniform float u_size;
+      varying vec3 v_colour; varying float v_selected;
+      void main() {
+        gl_Position = vec4(a_pos * u_scale + u_offset, 0.0, 1.0);
+        gl_PointSize = u_size * (1.0 + 0.9 * a_selected);
+        v_colour = a_colour; v_selected = a_selected;
+      }`, `
+      precision mediump float;
+      varying vec3 v_colour; varying float v_selected;
+      void main() {
+        float r = length(gl_PointCoord - vec2(0.5));
+        if (r > 0.5) discard;
+        vec3 colour = (v_selected > 0.5 && r > 0.32) ? vec3(0.0) : v_colour;
+        gl_FragColor = vec4(colour, v_selected > 0.5 ? 1.0 : 0.85);
+      }`);
+    const xy = new Float32Array(2 * this.n);
+    for (let i = 0; i < this.n; i++) { xy[2 * i] = this.x[i]; xy[2 * i + 1] = this.y[i]; }
+    this.buffers = {
+      pos: this.buffer(xy, "a_pos", 2),
+      colour: this.buffer(new Float32Array(3 * this.n).fill(0.5), "a_colour", 3),
+      selected: this.buffer(new Float32Array(this.n), "a_selected", 1),
+    };
+    this.fit();
+  }
+
+  compile(vertex, fragment) {
+    const gl = this.gl;
+    const shader = (type, source) => {
+      const s = gl.createShader(type);
+      gl.shaderSource(s, source);
+      gl.compileShader(s);
+      if (!gl.getShaderParameter(s, gl.COMPILE_STATUS)) throw new Error(gl.getShaderInfoLog(s));
+      return s;
+    };
+    const program = gl.createProgram();
+    gl.attachShader(program, shader(gl.VERTEX_SHADER, vertex));
+    gl.attachShader(program, shader(gl.FRAGMENT_SHADER, fragment));
+    gl.linkProgram(program);
+    gl.useProgram(program);
+    return program;
+  }
+
+  buffer(data, attribute, size) {
+    const gl = this.gl;
+    const buffer = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, buffer);
+    gl.bufferData(gl.ARRAY_BUFFER, data, gl.DYNAMIC_DRAW);
+    const location = gl.getAttribLocation(this.program, attribute);
+    gl.enableVertexAttribArray(location);
+    gl.vertexAttribPointer(location, size, gl.FLOAT, false, 0, 0);
+    return buffer;
+  }
+
+  update(buffer, data) {
+    this.gl.bindBuffer(this.gl.ARRAY_BUFFER, buffer);
+    this.gl.bufferSubData(this.gl.ARRAY_BUFFER, 0, data);
+  }
+
+  setColours(rgb) { this.update(this.buffers.colour, rgb); this.draw(); }
+
+  setSelection(indices) {
+    this.selected.fill(0);
+    for (const i of indices) this.selected[i] = 1;
+    this.update(this.buffers.selected, Float32Array.from(this.selected));
+    this.draw();
+  }
+
+  /** Show every point (``all``), or the central 98% of them on each axis so that a few outliers
+   *  do not squeeze the rest of the archive into a corner. */
+  fit(all = false) {
+    const quantiles = (values) => {
+      const sorted = Float32Array.from(values).sort();
+      const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * (sorted.length - 1)))];
+      return all ? [sorted[0], sorted[sorted.length - 1]] : [at(0.01), at(0.99)];
+    };
+    let [x0, x1, y0, y1] = [-1, 1, -1, 1];
+    if (this.n) [[x0, x1], [y0, y1]] = [quantiles(this.x), quantiles(this.y)];
+    this.cx = (x0 + x1) / 2;
+    this.cy = (y0 + y1) / 2;
+    const { width, height } = this.size();
+    this.k = 0.9 * Math.min(width / Math.max(x1 - x0, 1e-9), height / Math.max(y1 - y0, 1e-9));
+    this.draw();
+  }
+
+  size() {
+    const rect = this.canvas.getBoundingClientRect();
+    return { width: rect.width || 1, height: rect.height || 1 };
+  }
+
+  draw() {
+    const gl = this.gl;
+    const { width, height } = this.size();
+    const ratio = window.devicePixelRatio || 1;
+    if (this.canvas.width !== Math.round(width * ratio)) this.canvas.width = Math.round(width * ratio);
+    if (this.canvas.height !== Math.round(height * ratio)) this.canvas.height = Math.round(height * ratio);
+    gl.viewport(0, 0, this.canvas.width, this.canvas.height);
+    gl.clearColor(1, 1, 1, 1);
+    gl.clear(gl.COLOR_BUFFER_BIT);
+    gl.enable(gl.BLEND);
+    gl.blendFunc(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA);
+    const sx = (2 * this.k) / width;
+    const sy = (2 * this.k) / height;
+    gl.uniform2f(gl.getUniformLocation(this.program, "u_scale"), sx, sy);
+    gl.uniform2f(gl.getUniformLocation(this.program, "u_offset"), -this.cx * sx, -this.cy * sy);
+    const size = Math.max(2, Math.min(9, 9 - Math.log10(Math.max(this.n, 1)) * 1.3)) * ratio;
+    gl.uniform1f(gl.getUniformLocation(this.program, "u_size"), size);
+    gl.drawArrays(gl.POINTS, 0, this.n);
+    this.drawn = this.n;
+  }
+
+  /** Canvas pixel position (CSS px from its top left) of point i. */
+  screen(i) {
+    const { width, height } = this.size();
+    return [(this.x[i] - this.cx) * this.k + width / 2, height / 2 - (this.y[i] - this.cy) * this.k];
+  }
+
+  /** The data coordinates under canvas pixel (px, py). */
+  data(px, py) {
+    const { width, height } = this.size();
+    return [(px - width / 2) / this.k + this.cx, (height / 2 - py) / this.k + this.cy];
+  }
+
+  /** The point nearest canvas pixel (px, py) within ``radius`` px, or -1. */
+  nearest(px, py, radius = 7) {
+    const [dx, dy] = this.data(px, py);
+    const limit = (radius / this.k) ** 2;
+    let best = -1;
+    let bestDistance = limit;
+    for (let i = 0; i < this.n; i++) {
+      const d = (this.x[i] - dx) ** 2 + (this.y[i] - dy) ** 2;
+      if (d < bestDistance) { bestDistance = d; best = i; }
+    }
+    return best;
+  }
+
+  /** Indices of the points inside a polygon of canvas pixels. */
+  inside(polygon) {
+    const vertices = polygon.map(([px, py]) => this.data(px, py));
+    const result = [];
+    for (let i = 0; i < this.n; i++) if (pointInPolygon(this.x[i], this.y[i], vertices)) result.push(i);
+    return result;
+  }
+
+  pan(dxPixels, dyPixels) { this.cx -= dxPixels / this.k; this.cy += dyPixels / this.k; this.draw(); }
+
+  zoom(factor, px, py) {
+    const [before0, before1] = this.data(px, py);
+    this.k *= factor;
+    const [after0, after1] = this.data(px, py);
+    this.cx += before0 - after0;
+    this.cy += before1 - after1;
+    this.draw();
+  }
+}
+
+function pointInPolygon(x, y, vertices) {
+  let inside = false;
+  for (let i = 0, j = vertices.length - 1; i < vertices.length; j = i++) {
+    const [xi, yi] = vertices[i];
+    const [xj, yj] = vertices[j];
+    if ((yi > y) !== (yj > y) && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) inside = !inside;
+  }
+  return inside;
+}
+
+const MapPage = (() => {
+  const MAX_LISTED = 500;
+  let points = null;
+  let scatter = null;
+  let model = null;
+  let selection = [];
+
+  async function start() {
+    const status = document.getElementById("map-status");
+    try {
+      model = await LV.currentModel();
+      const method = LV.params.get("METHOD") || "";
+      points = await LV.json(`${LV.base}/explore/map${method ? `?METHOD=${encodeURIComponent(method)}` : ""}`);
+      const canvas = document.getElementById("map-canvas");
+      scatter = new Scatter(canvas, points.x, points.y);
+      setupControls();
+      colourBy(document.getElementById("colour-by").value);
+      interaction(canvas);
+      window.addEventListener("resize", () => scatter.draw());
+      LV.say(status, `${points.n} spectra, model version ${points.model_version}, ${points.method.toUpperCase()} projection of the similarity dimensions`);
+      window.latentvoMap = {
+        n: points.n, ids: points.id,
+        drawn: () => scatter.drawn,
+        screen: (i) => scatter.screen(i),
+        selected: () => selection.map((i) => points.id[i]),
+        scatter,
+      };
+      document.body.dataset.mapReady = "true";
+      const id = LV.params.get("ID");
+      if (id) openDetail(id);
+    } catch (error) {
+      LV.say(status, error.message, true);
+    }
+  }
+
+  function setupControls() {
+    const select = document.getElementById("colour-by");
+    const options = [...Object.keys(points.labels), "collection"];
+    select.innerHTML = options.map((name) => `<option value="${name}">${LV.escape(LV.LABEL_NAMES[name] || name)}</option>`).join("");
+    select.value = "teff" in points.labels ? "teff" : options[0];
+    select.addEventListener("change", () => colourBy(select.value));
+    const methods = document.getElementById("method");
+    methods.innerHTML = points.methods.map((m) => `<option ${m === points.method ? "selected" : ""}>${m}</option>`).join("");
+    methods.addEventListener("change", () => { window.location.search = `?METHOD=${methods.value}`; });
+    document.getElementById("fit").addEventListener("click", () => scatter.fit(true));
+    document.getElementById("clear").addEventListener("click", () => select_([]));
+    document.getElementById("send-selection").addEventListener("click", sendSelection);
+  }
+
+  function colourBy(name) {
+    const rgb = new Float32Array(3 * points.n);
+    const legend = document.getElementById("legend");
+    if (name === "collection") {
+      points.collection.forEach((code, i) => rgb.set(LV.CATEGORICAL[code % LV.CATEGORICAL.length], 3 * i));
+      legend.innerHTML = points.collections.map((c, i) => `<span class="swatch" style="background:${LV.css(LV.CATEGORICAL[i % LV.CATEGORICAL.length])}"></span>${LV.escape(c)}`).join(" ");
+    } else {
+      const values = points.labels[name];
+      const [lo, hi] = LV.robustRange(values);
+      values.forEach((v, i) => rgb.set(v === null ? LV.MISSING : LV.viridis((v - lo) / (hi - lo)), 3 * i));
+      const stops = Array.from({ length: 10 }, (_, i) => LV.css(LV.viridis(i / 9))).join(",");
+      legend.innerHTML = `${LV.escape(LV.LABEL_NAMES[name] || name)}: ${LV.format(lo, 4)} <span class="ramp" style="background:linear-gradient(to right,${stops})"></span> ${LV.format(hi, 4)}
+        <span class="swatch" style="background:${LV.css(LV.MISSING)}"></span>no value`;
+    }
+    scatter.setColours(rgb);
+  }
+
+  function interaction(canvas) {
+    const tooltip = document.getElementById("tooltip");
+    const overlay = document.getElementById("lasso");
+    const mode = () => document.querySelector('input[name="mode"]:checked').value;
+    let drag = null;
+    const local = (event) => {
+      const rect = canvas.getBoundingClientRect();
+      return [event.clientX - rect.left, event.clientY - rect.top];
+    };
+    canvas.addEventListener("wheel", (event) => {
+      event.preventDefault();
+      const [px, py] = local(event);
+      scatter.zoom(Math.exp(-event.deltaY * 0.0015), px, py);
+    }, { passive: false });
+    canvas.addEventListener("pointerdown", (event) => {
+      const start = local(event);
+      const how = event.shiftKey ? "lasso" : mode();
+      drag = { start, last: start, how, path: [start], moved: false };
+      canvas.setPointerCapture(event.pointerId);
+    });
+    canvas.addEventListener("pointermove", (event) => {
+      const p = local(event);
+      if (!drag) return hover(p, tooltip);
+      if (Math.hypot(p[0] - drag.start[0], p[1] - drag.start[1]) > 3) drag.moved = true;
+      if (drag.how === "pan") scatter.pan(p[0] - drag.last[0], p[1] - drag.last[1]);
+      else if (drag.how === "lasso") drag.path.push(p);
+      else drag.path = box(drag.start, p);
+      drag.last = p;
+      if (drag.how !== "pan") outline(overlay, drag.path);
+    });
+    canvas.addEventListener("pointerup", (event) => {
+      const p = local(event);
+      const finished = drag;
+      drag = null;
+      outline(overlay, []);
+      if (!finished) return;
+      if (!finished.moved) {
+        const i = scatter.nearest(p[0], p[1]);
+        if (i >= 0) openDetail(points.id[i]);
+        return;
+      }
+      if (finished.how !== "pan" && finished.path.length > 2) select_(scatter.inside(finished.path));
+    });
+    canvas.addEventListener("pointerleave", () => { tooltip.hidden = true; });
+  }
+
+  const box = ([x0, y0], [x1, y1]) => [[x0, y0], [x1, y0], [x1, y1], [x0, y1]];
+
+  function outline(svg, path) {
+    svg.innerHTML = path.length ? `<polygon points="${path.map((p) => p.join(",")).join(" ")}" />` : "";
+  }
+
+  function hover([px, py], tooltip) {
+    const i = scatter.nearest(px, py);
+    if (i < 0) { tooltip.hidden = true; return; }
+    const l = points.labels;
+    tooltip.innerHTML = `<b>${LV.escape(points.target[i] || "")}</b><br><code>${LV.escape(points.id[i])}</code><br>
+      Teff ${LV.format(l.teff[i], 4)} K · log g ${LV.format(l.logg[i], 3)} · [Fe/H] ${LV.format(l.feh[i], 3)}<br>
+      anomaly ${LV.format(l.anomaly_score[i], 3)} · ${LV.escape(points.collections[points.collection[i]])}`;
+    tooltip.style.left = `${px + 14}px`;
+    tooltip.style.top = `${py + 14}px`;
+    tooltip.hidden = false;
+  }
+
+  function select_(indices) {
+    selection = indices;
+    scatter.setSelection(indices);
+    const list = document.getElementById("selection");
+    document.getElementById("selection-count").textContent = `${indices.length} selected`;
+    document.getElementById("send-selection").disabled = !indices.length;
+    const l = points.labels;
+    list.innerHTML = indices.length ? `<table><thead><tr><th>target</th><th>dataset</th><th>Teff</th><th>log g</th><th>[Fe/H]</th><th>anomaly</th></tr></thead><tbody>
+      ${indices.slice(0, MAX_LISTED).map((i) => `<tr data-id="${LV.escape(points.id[i])}"><td>${LV.escape(points.target[i] || "")}</td>
+        <td><a href="#" data-open="${LV.escape(points.id[i])}">${LV.escape(points.id[i])}</a></td><td>${LV.format(l.teff[i], 4)}</td>
+        <td>${LV.format(l.logg[i], 3)}</td><td>${LV.format(l.feh[i], 3)}</td><td>${LV.format(l.anomaly_score[i], 3)}</td></tr>`).join("")}
+      </tbody></table>${indices.length > MAX_LISTED ? `<p>… and ${indices.length - MAX_LISTED} more (all of them go over SAMP)</p>` : ""}` : "";
+    for (const a of list.querySelectorAll("[data-open]")) {
+      a.addEventListener("click", (event) => { event.preventDefault(); openDetail(a.dataset.open); });
+    }
+  }
+
+  /** The selection as a TAP result (a VOTable URL of this service) sent to every table client. */
+  async function sendSelection() {
+    const status = document.getElementById("samp-status");
+    LV.say(status, "preparing the table …");
+    try {
+      const ids = selection.map((i) => points.id[i]);
+      const upload = `<?xml version="1.0"?><VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3"><RESOURCE><TABLE>
+        <FIELD name="obs_publisher_did" datatype="char" arraysize="*"/><DATA><TABLEDATA>
+        ${ids.map((id) => `<TR><TD>${LV.escape(id)}</TD></TR>`).join("")}</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>`;
+      const url = await LV.tapJob(
+        "SELECT o.obs_publisher_did, o.target_name, o.obs_collection, o.s_ra, o.s_dec, o.teff, o.logg, o.feh, " +
+        "o.rv, o.snr, o.access_url, m.x AS map_x, m.y AS map_y FROM TAP_UPLOAD.selection AS s " +
+        "JOIN ivoa.obscore AS o ON o.obs_publisher_did = s.obs_publisher_did " +
+        "JOIN ml.map AS m ON m.obs_publisher_did = o.obs_publisher_did " +
+        `WHERE m.model_version = ${Number(points.model_version)} AND m.method = ${LV.quote(points.method)}`,
+        { selection: upload });
+      document.getElementById("selection-url").href = url;
+      document.getElementById("selection-url").hidden = false;
+      await LV.samp.sendTable(url, `latentvo map selection (${ids.length})`);
+      LV.say(status, `sent ${ids.length} spectra`);
+    } catch (error) {
+      LV.say(status, error.message, true);
+    }
+  }
+
+  async function openDetail(id) {
+    const panel = document.getElementById("detail");
+    panel.hidden = false;
+    const i = points.id.indexOf(id);
+    if (i >= 0) scatter.setSelection([...selection, i]);
+    try {
+      await SpectrumDetail.show(panel, id, model);
+      panel.dataset.id = id;
+    } catch (error) {
+      panel.innerHTML = `<p class="error">${LV.escape(error.message)}</p>`;
+    }
+  }
+
+  return { start };
+})();
+
+MapPage.start();
