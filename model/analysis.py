@@ -316,8 +316,14 @@ MAP_METHODS = ("pca", "umap")
 
 
 def available_map_methods() -> list[str]:
-    """The projections this installation can compute: PCA always, UMAP when umap-learn is present."""
-    return ["pca", *(["umap"] if importlib.util.find_spec("umap") is not None else [])]
+    """The projections this installation can compute: PCA always, UMAP when umap-learn imports."""
+    if importlib.util.find_spec("umap") is None:
+        return ["pca"]
+    try:
+        from umap import UMAP  # noqa: F401  (a broken or partial install is no UMAP)
+    except (ImportError, AttributeError):
+        return ["pca"]
+    return ["pca", "umap"]
 
 
 def map_projection(latents: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
@@ -340,5 +346,6 @@ def map_projection(latents: np.ndarray, method: str = "pca", seed: int = 0) -> n
         import umap  # optional dependency: only reached where available_map_methods() lists it
 
         neighbours = max(2, min(15, len(data) - 1))
-        return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed).fit_transform(data)
+        reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_jobs=1)
+        return reducer.fit_transform(data)
     raise ValueError(f"unknown map method {method!r}; use one of {', '.join(MAP_METHODS)}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from bench.heldout import heldout_stars, write_fits_image
+from bench.heldout import heldout_stars, write_fits_image, write_flux_csv
 
 PAGES = {
     "map": ("/explore", "map"),
@@ -199,3 +199,25 @@ def test_correlation_heat_map_opens_the_sliders_at_a_dimension(opened, live_serv
     link.click()
     page.wait_for_selector("body[data-sliders-ready='true']", timeout=60_000)
     assert page.url.endswith(f"DIM={dim}")
+
+
+def test_an_upload_unlike_the_archive_is_warned_before_its_results(opened, tmp_path):
+    """Pure noise is no star: the page shows the service's ood warning above the neighbours."""
+    wave = np.linspace(3540.0, 7400.0, 4000)
+    noise = write_flux_csv(
+        tmp_path / "noise.csv", wave, 1 + np.random.default_rng(3).normal(0, 0.5, wave.size)
+    )
+    watched = opened("/explore/similar", wait_for="similar")
+    page = watched.page
+    page.set_input_files("#file", str(noise))
+    page.click("#search")
+    page.wait_for_function("document.querySelectorAll('#results tr.result').length > 0", timeout=60_000)
+    warning = page.locator("#warning")
+    assert warning.is_visible() and "unlike the spectra of this archive" in warning.inner_text()
+    assert "ood_score" in warning.inner_text()
+    above = page.evaluate(
+        "document.getElementById('warning').compareDocumentPosition(document.getElementById('results')) "
+        "& Node.DOCUMENT_POSITION_FOLLOWING"
+    )
+    assert above
+    watched.screenshot("similar-warned")

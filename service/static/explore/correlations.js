@@ -24,7 +24,7 @@ const CorrelationPage = (() => {
         <thead><tr><th rowspan="2">latent dimension</th>${labels.map((l) => `<th colspan="2">${LV.escape(LV.LABEL_NAMES[l] || l)}</th>`).join("")}</tr>
         <tr>${labels.map(() => "<th>model</th><th>PCA</th>").join("")}</tr></thead><tbody>
         ${dims.map((d) => `<tr class="${informative.has(d) ? "informative" : "uninformative"}">
-          <th><a href="${LV.base}/explore/sliders?DIM=${d}" data-dim="${d}">z${d}</a>${informative.has(d) ? "" : " <small>(unused)</small>"}</th>
+          <th><a href="${LV.base}/explore/sliders?DIM=${d}" data-dim="${d}">z${d}</a>${d === LV.velocityDim ? " <small>(radial velocity)</small>" : ""}${informative.has(d) ? "" : " <small>(unused)</small>"}</th>
           ${labels.map((l) => {
             const r = cell[`${d}/${l}`] || {};
             return `<td class="mi" style="${shade(r.mi)}" title="model: MI of z${d} with ${l}">${value(r.mi, r.mi_error)}</td>` +
@@ -32,7 +32,7 @@ const CorrelationPage = (() => {
           }).join("")}</tr>`).join("")}
         </tbody></table>
         <p class="legend">mutual information (nats): 0 <span class="ramp" style="background:linear-gradient(to right,${Array.from({ length: 10 }, (_, i) => LV.css(LV.viridis(i / 9))).join(",")})"></span> ${top.toFixed(2)}</p>`;
-      LV.say(status, `model version ${model.version}: ${dims.length} dimensions × ${labels.length} labels; bold rows are informative`);
+      LV.say(status, `model version ${model.version}: ${dims.length} dimensions × ${labels.length} labels; grey rows are dimensions the model leaves unused`);
       document.body.dataset.correlationsReady = "true";
     } catch (error) {
       LV.say(status, error.message, true);
