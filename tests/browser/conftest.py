@@ -28,6 +28,17 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def upload_file(miles_dir, demo_dir, tmp_path_factory) -> Path:
+    """A MILES star the demo archive does not hold, as a 1-D FITS image."""
+    from bench.heldout import heldout_stars, write_fits_image
+
+    star = heldout_stars(miles_dir, demo_dir / "miles_demo.fits")[0]
+    path = tmp_path_factory.mktemp("upload") / f"{star.name}.fits"
+    write_fits_image(path, star)
+    return path
+
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator:
     from playwright.sync_api import sync_playwright
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import pytest
 import requests
 
-from bench.heldout import heldout_stars, write_fits_image, write_flux_csv
+from bench.heldout import write_flux_csv
 
 PAGES = {
     "map": ("/explore", "map"),
@@ -152,15 +151,6 @@ def test_moving_a_slider_redraws_the_decoded_flux(opened, live_server, first_did
     watched.screenshot("sliders-moved")
 
 
-@pytest.fixture(scope="module")
-def upload_file(miles_dir, demo_dir, tmp_path_factory) -> Path:
-    """A MILES star the demo archive does not hold, as a 1-D FITS image."""
-    star = heldout_stars(miles_dir, demo_dir / "miles_demo.fits")[0]
-    path = tmp_path_factory.mktemp("upload") / f"{star.name}.fits"
-    write_fits_image(path, star)
-    return path
-
-
 def test_upload_shows_k_results(opened, upload_file):
     watched = opened("/explore/similar", wait_for="similar")
     page = watched.page
@@ -221,3 +211,24 @@ def test_an_upload_unlike_the_archive_is_warned_before_its_results(opened, tmp_p
     )
     assert above
     watched.screenshot("similar-warned")
+
+
+def test_sliders_find_the_archive_spectra_nearest_the_point(opened, first_did):
+    watched = opened(f"/explore/sliders?ID={quote(first_did, safe='')}", wait_for="sliders")
+    page = watched.page
+    page.click("#near")
+    page.wait_for_function("document.querySelectorAll('#near-results tr').length > 1", timeout=60_000)
+    rows = page.locator("#near-results tr")
+    assert rows.count() == 11  # a header and ten spectra
+    first = rows.nth(1)
+    assert quote(first_did, safe="") in first.locator("a").get_attribute("href")  # unmoved: itself first
+    assert float(first.locator("td").nth(1).inner_text()) < 1e-6
+    page.click("#reset")
+
+
+@pytest.mark.parametrize("bad_id", ["ivo://nowhere/none", "x' OR '1'='1"])
+def test_an_unknown_spectrum_is_said_plainly(opened, bad_id):
+    watched = opened(f"/explore/spectrum?ID={quote(bad_id, safe='')}")
+    page = watched.page
+    page.wait_for_selector("#detail .error", timeout=60_000)
+    assert "no spectrum" in page.inner_text("#detail .error")

@@ -7,6 +7,7 @@ import io
 import queue
 import threading
 import time
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -65,6 +66,8 @@ def receiver(hub):
         received.put(params)
 
     client.bind_receive_notification("table.load.votable", on_table)
+    client.bind_receive_notification("spectrum.load.ssa-generic", lambda *args: spectra.put(args[-2]))
+    received.spectra = spectra = queue.Queue()
     yield received
     client.disconnect()
 
@@ -98,3 +101,44 @@ def test_map_selection_reaches_a_table_client_as_a_votable_url(opened, receiver)
         "document.getElementById('samp-status').textContent.startsWith('sent')", timeout=30_000
     )
     watched.screenshot("map-samp-sent")
+
+
+def test_a_spectrum_reaches_a_spectrum_client_as_its_dataset_url(opened, receiver, live_server):
+    did = requests.get(
+        f"{live_server.url}/tap/sync",
+        params={
+            "LANG": "ADQL",
+            "QUERY": "SELECT TOP 1 obs_publisher_did FROM ml.latent",
+            "RESPONSEFORMAT": "csv",
+        },
+        timeout=30,
+    ).text.splitlines()[1]
+    watched = opened(
+        f"/explore/spectrum?ID={quote(did, safe='')}",
+        wait_for="spectrum",
+        allowed_hosts=(f"localhost:{WEB_PROFILE_PORT}",),
+    )
+    watched.page.click("button[data-samp='spectrum']")
+    params = receiver.spectra.get(timeout=60)
+    assert params["meta"]["ssa:Curation.PublisherDID"] == did
+    assert params["meta"]["Access.Format"] == "application/fits"
+    response = requests.get(params["url"], timeout=30)
+    assert response.status_code == 200 and response.content.startswith(b"SIMPLE  =")
+
+
+def test_an_uploads_result_reaches_a_table_client_with_its_rows(opened, receiver, upload_file):
+    watched = opened("/explore/similar", wait_for="similar", allowed_hosts=(f"localhost:{WEB_PROFILE_PORT}",))
+    page = watched.page
+    page.set_input_files("#file", str(upload_file))
+    page.fill("#k", "5")
+    page.click("#search")
+    page.wait_for_function("document.querySelectorAll('#results tr.result').length === 5", timeout=60_000)
+    page.click("#send-result")
+    params = receiver.get(timeout=60)
+    assert params["name"] == f"spectra similar to {upload_file.name}"
+    table = parse_single_table(io.BytesIO(requests.get(params["url"], timeout=30).content))
+    table = table.to_table(use_names_over_ids=True)
+    assert list(table["rank"]) == [1, 2, 3, 4, 5]
+    targets = page.locator("#results tr.result td:nth-child(2)").all_inner_texts()
+    assert [str(t) for t in table["target_name"]] == targets
+    assert "distance" in table.colnames

@@ -112,7 +112,7 @@ const SliderPage = (() => {
     const out = document.getElementById("near-results");
     out.innerHTML = '<p class="status">searching …</p>';
     try {
-      const distance = state.model.informative.map((d) => `POWER(l.z${d} - (${state.z[d].toFixed(4)}), 2)`).join(" + ");
+      const distance = state.model.informative.map((d) => `POWER(l.z${d} - (${state.z[d]}), 2)`).join(" + ");
       const t = await LV.tap(
         `SELECT TOP 10 o.obs_publisher_did, o.target_name, o.teff, o.logg, o.feh, SQRT(${distance}) AS distance ` +
         "FROM ivoa.obscore AS o JOIN ml.latent AS l ON l.obs_publisher_did = o.obs_publisher_did " +
