@@ -22,32 +22,26 @@ install: $(STAMP)
 demo: install
 	$(BIN)/latentvo demo
 
-# The test suite checks the live service with STILTS (taplint, votlint, datalinklint), a Debian
-# package: installed here when missing and this is root on a Debian-like system, else a clear stop.
+# $(call debian_tool,PACKAGE,WHAT FOR,OR ELSE,SKIP IF): a recipe that finds the command PACKAGE on
+# PATH, or installs that Debian package when this is root on a system with apt-get, or else stops
+# at once saying how to get it. SKIP IF is a shell test that makes the tool unnecessary.
+debian_tool = @$(4) command -v $(1) >/dev/null 2>&1 || { \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+    echo "installing $(1) (apt-get install $(1)) for $(2)"; \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; \
+  else \
+    echo "make test needs $(1) for $(2)." >&2; \
+    echo "Install it with 'sudo apt-get install $(1)' (Debian and Ubuntu) $(3); then run make test again." >&2; \
+    exit 1; \
+  fi; }
+
+# The test suite checks the live service with the IVOA validators of STILTS.
 stilts:
-	@command -v stilts >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing STILTS (apt-get install stilts) for the IVOA validators the tests run"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stilts >/dev/null; \
-	  else \
-	    echo "make test needs STILTS (taplint, votlint, datalinklint) on PATH." >&2; \
-	    echo "Install it with 'sudo apt-get install stilts' (Debian, Ubuntu), or get stilts.jar from" >&2; \
-	    echo "https://www.star.bris.ac.uk/~mbt/stilts/ and put a 'stilts' script on PATH; then run make test again." >&2; \
-	    exit 1; \
-	  fi; }
+	$(call debian_tool,stilts,the IVOA validators taplint and votlint and datalinklint,or put stilts.jar from https://www.star.bris.ac.uk/~mbt/stilts/ behind a 'stilts' script on PATH)
 
 # The explorer's browser tests drive the system's Chromium (never a downloaded one) with Playwright.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || [ -n "$$LATENTVO_CHROMIUM" ] || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Chromium (apt-get install chromium) for the explorer's browser tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else \
-	    echo "make test needs Chromium for the explorer's browser tests." >&2; \
-	    echo "Install it with 'sudo apt-get install chromium' (Debian, Ubuntu), or set LATENTVO_CHROMIUM" >&2; \
-	    echo "to a Chromium or Chrome executable; then run make test again." >&2; \
-	    exit 1; \
-	  fi; }
+	$(call debian_tool,chromium,the explorer's browser tests,or set LATENTVO_CHROMIUM to a Chromium or Chrome executable,[ -n "$$LATENTVO_CHROMIUM" ] ||)
 
 test: install stilts chromium
 	$(BIN)/python -m pytest -q tests
