@@ -95,8 +95,8 @@ def decode() -> Response:
     flux = model.reconstruct(z)[0]
     return jsonify(
         model_version=served.version,
-        wavelength=[round(float(w), 4) for w in model.grid.wavelength],
-        flux=[round(float(f), 6) for f in flux],
+        wavelength=np.round(model.grid.wavelength.astype(np.float64), 4).tolist(),
+        flux=np.round(flux.astype(np.float64), 6).tolist(),
     )
 
 
