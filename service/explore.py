@@ -11,7 +11,7 @@ list per quantity, the same order in each) so that 10⁵ points load in one smal
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -116,28 +116,35 @@ def map_points() -> Response:
     if method not in methods:
         raise UsageError(f"unknown METHOD {method!r}; this model has {', '.join(methods)}")
     rows = archive.map_points(served.version, method)
-    collections = sorted({r["obs_collection"] for r in rows})
+    columns = dict(zip(rows[0].keys(), zip(*rows, strict=True), strict=True)) if rows else {}
+    collections = sorted(set(columns.get("obs_collection", ())))
     code = {name: i for i, name in enumerate(collections)}
     return jsonify(
         model_version=served.version,
         method=method,
         methods=methods,
         n=len(rows),
-        id=[r["obs_publisher_did"] for r in rows],
-        target=[r["target_name"] for r in rows],
-        x=[round(r["x"], 5) for r in rows],
-        y=[round(r["y"], 5) for r in rows],
+        id=list(columns.get("obs_publisher_did", ())),
+        target=list(columns.get("target_name", ())),
+        x=rounded(columns.get("x", ()), 5),
+        y=rounded(columns.get("y", ()), 5),
         collections=collections,
-        collection=[code[r["obs_collection"]] for r in rows],
-        labels={name: [rounded(r[name]) for r in rows] for name in (*MAP_LABELS, "anomaly_score")},
+        collection=[code[c] for c in columns.get("obs_collection", ())],
+        labels={name: rounded(columns.get(name, ())) for name in (*MAP_LABELS, "anomaly_score")},
     )
 
 
-def rounded(value: float | None) -> float | None:
-    """Four significant digits are more than a map shows; null stays null (JSON has no NaN)."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(f"{value:.4g}")
+def rounded(values: Sequence[float | None], decimals: int | None = None) -> list[float | None]:
+    """A column rounded for the map: to ``decimals``, else to four significant digits of its largest
+    value (more than a map shows); null stays null (JSON has no NaN)."""
+    array = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    finite = np.isfinite(array)
+    if decimals is None:
+        largest = float(np.abs(array[finite]).max()) if finite.any() else 0.0
+        decimals = max(0, 3 - math.floor(math.log10(largest))) if largest > 0 else 0
+    return [
+        v if ok else None for v, ok in zip(np.round(array, decimals).tolist(), finite.tolist(), strict=True)
+    ]
 
 
 def latent_vector(body: object, latent_dim: int) -> np.ndarray:
