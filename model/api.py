@@ -27,6 +27,8 @@ INDEX_FILE = "index.ann"
 ANALYSIS_FILE = "analysis.json"
 #: (n, 2) float32: each archive spectrum's model velocity and its error (km/s, NaN where none).
 VELOCITY_FILE = "velocity.npy"
+#: (n, 2) coverage of the grid and reconstruction error of each archive row (written by encode).
+QUALITY_FILE = "quality.npy"
 
 
 @dataclass
@@ -91,6 +93,12 @@ class LatentModel:
     def archive_velocities(self) -> np.ndarray | None:
         """(n, 2) model velocity and error of each archive row (written by ``latentvo encode``)."""
         path = self.directory / VELOCITY_FILE
+        return np.load(path, mmap_mode="r") if path.exists() else None
+
+    @property
+    def archive_quality(self) -> np.ndarray | None:
+        """(n, 2) grid coverage and reconstruction error of each archive row, as ``encode`` found them."""
+        path = self.directory / QUALITY_FILE
         return np.load(path, mmap_mode="r") if path.exists() else None
 
     def velocity_from(self, spectrum: Spectrum, reference: Spectrum, reference_kms: float) -> Velocity | None:

@@ -21,7 +21,7 @@ from astropy.table import Table
 from tqdm.auto import tqdm
 
 from model import analysis
-from model.api import ANALYSIS_FILE, INDEX_FILE, MEAN_FILE, VAR_FILE, VELOCITY_FILE, LatentModel
+from model.api import ANALYSIS_FILE, INDEX_FILE, MEAN_FILE, QUALITY_FILE, VAR_FILE, VELOCITY_FILE, LatentModel
 from model.atomic import atomic_path, write_json_atomic, write_npy_atomic
 from model.augment import degrade
 from model.checkpoint import save_checkpoint
@@ -316,6 +316,7 @@ def encode(
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     n, dim = len(rows), latent_model.latent_dim
     recon = np.empty(n, np.float32)
+    coverage = np.empty(n, np.float32)
     velocity = np.full((n, 2), np.nan, np.float32)
     with atomic_path(directory / MEAN_FILE) as mean_tmp, atomic_path(directory / VAR_FILE) as var_tmp:
         mean = np.lib.format.open_memmap(mean_tmp, mode="w+", dtype=np.float32, shape=(n, dim))
@@ -323,6 +324,7 @@ def encode(
         for positions, batch in _batches(load_spectra(rows), batch_size, n, progress):
             encoded = latent_model.encode_spectra(batch)
             mean[positions], var[positions], recon[positions] = encoded.mean, encoded.var, encoded.recon_error
+            coverage[positions] = encoded.coverage
             for position, spectrum, vector in zip(positions, batch, encoded.mean, strict=True):
                 found = latent_model.velocity(spectrum, vector)
                 if found is not None:
@@ -333,6 +335,7 @@ def encode(
     mean = np.load(directory / MEAN_FILE, mmap_mode="r")
     var = np.load(directory / VAR_FILE, mmap_mode="r")
     write_npy_atomic(directory / VELOCITY_FILE, velocity)
+    write_npy_atomic(directory / QUALITY_FILE, np.column_stack([coverage, recon]))
     archive.write_latents(version, [r["obs_publisher_did"] for r in rows], mean, var, recon)
     archive.update_model(version, stage="encoded")
     return version

@@ -22,9 +22,10 @@ import io
 import math
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
+from functools import cache, partial
 from itertools import islice
 from pathlib import Path
 from urllib.parse import urlencode
@@ -71,16 +72,32 @@ class Search:
 
 @dataclass
 class Query:
-    """The spectrum searched with: its label (ID or file name), encoding and archive row (ID only)."""
+    """The spectrum searched with: its label (ID or file name), encoding and archive row (ID only).
+
+    An archive spectrum's file is read only when something needs its flux (``spectrum``): what
+    ``encode`` stored answers the rest.
+    """
 
     label: str
-    spectrum: Spectrum
+    load: Callable[[], Spectrum]
     encoded: Encoded
     row: int | None
 
     @property
+    def spectrum(self) -> Spectrum:
+        return self.load()
+
+    @property
     def vector(self) -> np.ndarray:
         return self.encoded.mean[0]
+
+    def model_velocity(self, model: LatentModel) -> Velocity | None:
+        """The model's velocity: as ``encode`` found it for an archive row, else measured now."""
+        stored = model.archive_velocities if self.row is not None else None
+        if stored is None:
+            return model.velocity(self.spectrum, self.vector)
+        rv, error = (float(v) for v in stored[self.row])
+        return Velocity(rv, error) if math.isfinite(rv) and math.isfinite(error) else None
 
 
 @bp.route("", methods=["GET", "POST"])
@@ -246,8 +263,8 @@ def load_query(params: Params, served: ServedModel) -> Query:
         if row is None:
             spectrum_row(did)  # an unknown DID is NotFoundFault
             raise NotFoundError(f"{did} is not encoded by model version {served.version} yet")
-        spectrum = read_spectrum(spectrum_row(did))
-        return Query(did, spectrum, archived_encoding(served.model, spectrum, row), row)
+        load = cache(partial(read_spectrum, spectrum_row(did)))  # read at most once, only if needed
+        return Query(did, load, archived_encoding(served.model, load, row), row)
     if upload is None:
         raise UsageError(
             "send a spectrum file (multipart part FILE, or the POST body with its Content-Type) "
@@ -255,18 +272,22 @@ def load_query(params: Params, served: ServedModel) -> Query:
         )
     name = secure_filename(upload.filename or "") or "upload"
     spectrum = read_upload(upload, name, params.get_int("INDEX", minimum=0))
-    return Query(name, spectrum, served.model.encode_spectra([spectrum], ood=True), None)
+    return Query(name, lambda: spectrum, served.model.encode_spectra([spectrum], ood=True), None)
 
 
-def archived_encoding(model: LatentModel, spectrum: Spectrum, row: int) -> Encoded:
+def archived_encoding(model: LatentModel, load: Callable[[], Spectrum], row: int) -> Encoded:
     """An archive spectrum's encoding: the posterior the archive publishes (ml.latent) and searches
-    with, not a fresh encoding that batch arithmetic moves in the last digits; the fresh one gives
-    the coverage and reconstruction error, which the archive does not keep per model version.
+    with, and the coverage and reconstruction error ``encode`` found - no file read, no encoding.
+    Versions encoded before those figures were kept encode the spectrum again for them.
     """
-    encoded = model.encode_spectra([spectrum])
-    encoded.mean = np.array(model.latents[row : row + 1], dtype=np.float32)
-    encoded.var = np.array(np.load(model.directory / VAR_FILE, mmap_mode="r")[row : row + 1], np.float32)
-    return encoded
+    mean = np.array(model.latents[row : row + 1], dtype=np.float32)
+    var = np.array(np.load(model.directory / VAR_FILE, mmap_mode="r")[row : row + 1], np.float32)
+    quality = model.archive_quality
+    if quality is None:
+        fresh = model.encode_spectra([load()])
+        return Encoded(mean, var, fresh.recon_error, fresh.coverage)
+    coverage, recon_error = (np.array([v], np.float32) for v in quality[row])
+    return Encoded(mean, var, recon_error, coverage)
 
 
 def uploaded_file(params: Params, req: Request) -> FileStorage | None:
@@ -344,7 +365,7 @@ def velocity_params(document: VOTableFile, query: Query, served: ServedModel, ro
     model = served.model
     if model.velocity_dim is None:
         return []
-    rv = model.velocity(query.spectrum, query.encoded.mean[0])
+    rv = query.model_velocity(model)
     xcorr = neighbour_velocity(query, served, rows)
     frame = VELOCITY_FRAMES.get(model.velocity_frame, VELOCITY_FRAMES["free"])
     sign = (

@@ -286,6 +286,31 @@ def test_archive_id_returns_itself_first_and_matches_the_model(live_server, dids
     assert params["query"] == did and params["coverage"] > 0.95
 
 
+def test_archive_id_answers_from_what_encode_stored(live_server, dids, model):
+    """An ID query reports the coverage, reconstruction error and velocity ``encode`` stored for the
+    row (the file is not encoded again); a version encoded before those were kept measures them anew,
+    and the figures agree."""
+    did = dids[17]
+    row = model.dids.index(did)
+    quality, velocity = np.asarray(model.archive_quality), np.asarray(model.archive_velocities)
+    request = {"ID": did, "K": 5}
+    params = answer(requests.get(f"{live_server.url}/similar", params=request, timeout=60))[1]
+    assert params["coverage"] == pytest.approx(float(quality[row, 0]), rel=1e-6)
+    assert params["recon_error"] == pytest.approx(float(quality[row, 1]), rel=1e-6)
+    assert params["query_rv"] == pytest.approx(round(float(velocity[row, 0]), 3), abs=1e-3)
+    assert params["query_rv_err"] == pytest.approx(round(float(velocity[row, 1]), 3), abs=1e-3)
+    stored = model.directory / "quality.npy"
+    aside = stored.with_suffix(".aside")
+    stored.rename(aside)
+    try:
+        fresh = answer(requests.get(f"{live_server.url}/similar", params=request, timeout=60))[1]
+    finally:
+        aside.rename(stored)
+    assert fresh["coverage"] == pytest.approx(params["coverage"], rel=1e-4)
+    assert fresh["recon_error"] == pytest.approx(params["recon_error"], rel=1e-3)
+    assert fresh["query_rv"] == pytest.approx(params["query_rv"], abs=0.01)
+
+
 def test_dims_and_weights_rank_as_exact_search_says(live_server, dids, model, files):
     did = dids[90]
     row = model.dids.index(did)
