@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean stilts chromium vendor
+.PHONY: install demo test lint bench bench-miles clean stilts chromium vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,9 +49,20 @@ test: install stilts chromium
 lint: install
 	$(BIN)/ruff check model service tests bench
 
+# `make bench`: a synthetic archive of BENCH_N spectra through every pipeline stage, then served under
+# load (wrk), written up in bench/RESULTS.md. `make bench BENCH_N=1000000` is the full-size run.
+BENCH_N ?= 20000
+BENCH_DURATION ?= 30
+BENCH_WORK ?= var/bench-pipeline
+
 bench: install
+	$(BIN)/python bench/pipeline.py --n $(BENCH_N) --keep --work $(BENCH_WORK)
+	$(BIN)/python bench/load.py --root $(BENCH_WORK)/archive --duration $(BENCH_DURATION)
+	$(BIN)/python bench/report.py
+
+# The real MILES library (a path option: python bench/miles.py --help).
+bench-miles: install
 	$(BIN)/python bench/miles.py
-	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf var build *.egg-info

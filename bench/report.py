@@ -1,0 +1,115 @@
+"""bench/RESULTS.md from the JSON that `make bench` leaves: the pipeline on a synthetic archive
+(bench/pipeline.py) and serving it under load (bench/load.py), beside the targets at 10^6 spectra.
+
+Usage: python bench/report.py [--results bench/results] [--out bench/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: (query, connections) -> (what, target) for the figures the targets at 10^6 spectra name.
+TARGETS = {
+    ("/similar?ID=", "1"): ("p50 ≤ 5 ms, p99 ≤ 20 ms", lambda r: r["p50_ms"] <= 5 and r["p99_ms"] <= 20),
+    ("/datalink/similar", "1"): ("p50 ≤ 5 ms, p99 ≤ 20 ms", lambda r: r["p50_ms"] <= 5 and r["p99_ms"] <= 20),
+    ("/similar?ID=", "16"): ("≥ 500 req/s", lambda r: r["requests_per_s"] >= 500),
+    ("/similar?ID=", "64"): ("≥ 500 req/s", lambda r: r["requests_per_s"] >= 500),
+    ("/datalink/similar", "16"): ("≥ 500 req/s", lambda r: r["requests_per_s"] >= 500),
+    ("/datalink/similar", "64"): ("≥ 500 req/s", lambda r: r["requests_per_s"] >= 500),
+    ("upload /similar", "1"): ("p50 ≤ 50 ms", lambda r: r["p50_ms"] <= 50),
+    ("TAP TOP 100", "1"): ("p50 ≤ 65 ms (DaCHS, TAP TOP 10)", lambda r: r["p50_ms"] <= 65),
+    ("SSAP cone", "1"): ("p50 ≤ 68 ms (DaCHS, SSAP cone)", lambda r: r["p50_ms"] <= 68),
+}
+
+
+def machine() -> str:
+    memory = ""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        total = next(x for x in meminfo.read_text().splitlines() if x.startswith("MemTotal:"))
+        memory = f", {int(total.split()[1]) / 2**20:.0f} GiB RAM"
+    cores = f"{os.cpu_count()} CPU cores{memory}"
+    return f"{platform.system()} {platform.machine()}, {cores}, Python {platform.python_version()}"
+
+
+def report(results: Path) -> str:
+    pipeline = json.loads((results / "pipeline.json").read_text())
+    load = json.loads((results / "load.json").read_text())
+    n = pipeline["n_spectra"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench BENCH_N={n}` "
+        f"on {machine()}.",
+        "Every figure is from the run itself (bench/results/pipeline.json, load.json).",
+        "",
+        f"## Pipeline: {n} synthetic spectra × {pipeline['n_pixels_input']} pixels (model/synthetic.py)",
+        "",
+        "| stage | seconds | spectra/s | peak RSS (MB) |",
+        "|---|---|---|---|",
+    ]
+    total = 0.0
+    for name, stage in pipeline["stages"].items():
+        total += stage["seconds"] if name != "generate" else 0.0
+        lines.append(f"| {name} | {stage['seconds']} | {stage['per_second']} | {stage['peak_rss_mb']} |")
+    encode = pipeline["stages"]["encode"]["per_second"]
+    lines += [
+        "",
+        f"Ingest to index: {total / 60:.1f} min (target at 10^6: ≤ 60 min). Encoding: {encode} spectra/s "
+        "(target ≥ 5,000).",
+        "",
+        "## Annoy against exact search",
+        "",
+        f"n_trees {pipeline['index']['n_trees']}, search_k {pipeline['index']['search_k']}: "
+        f"recall@10 {pipeline['index']['recall_at_k']:.4f}",
+        "",
+        "| query | p50 ms | p95 ms |",
+        "|---|---|---|",
+        *(f"| {k} | {q['p50']:.3f} | {q['p95']:.3f} |" for k, q in pipeline["query_ms"].items()),
+        "",
+        f"## Serving under load: {load['n_spectra']} spectra, {load['workers']} gunicorn workers, wrk "
+        f"{load['duration_s']} s per run",
+        "",
+        "| query | connections | req/s | p50 ms | p95 ms | p99 ms | errors | target at 10^6 | met here |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in load["runs"].items():
+        for connections, run in runs.items():
+            target = TARGETS.get((name, connections))
+            met = "" if target is None else ("yes" if target[1](run) else "**no**")
+            errors = run["non_2xx"] + run["socket_errors"]
+            wanted = target[0] if target else ""
+            lines.append(
+                f"| {name} | {connections} | {run['requests_per_s']:.1f} | {run['p50_ms']:.1f} | "
+                f"{run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {errors} | {wanted} | {met} |"
+            )
+    rss = load.get("worker_rss_mb") or []
+    lines += [
+        "",
+        f"RSS per worker after the runs: {', '.join(f'{x:.0f} MB' for x in rss)} (target ≤ 1,536 MB).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    text = report(args.results)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
