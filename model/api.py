@@ -83,11 +83,19 @@ class LatentModel:
     def velocity(self, spectrum: Spectrum, mean: np.ndarray) -> Velocity | None:
         """The model's velocity of ``spectrum`` (model/velocity.py): lined up with its own
         reconstruction at rest (z0 = 0); None without a velocity dimension or without a peak."""
+        return self.velocities([spectrum], np.asarray(mean)[None, :])[0]
+
+    def velocities(self, spectra: Sequence[Spectrum], means: np.ndarray) -> list[Velocity | None]:
+        """:meth:`velocity` of many spectra, their rest-frame reconstructions decoded in one batch."""
         if self.velocity_dim is None:
-            return None
-        rest = np.array(mean, dtype=np.float32)
-        rest[self.velocity_dim] = 0.0
-        return against_reconstruction(spectrum, self.reconstruct(rest)[0], self.grid, self.matching)
+            return [None] * len(spectra)
+        rest = np.array(means, dtype=np.float32)
+        rest[:, self.velocity_dim] = 0.0
+        templates = self.reconstruct(rest)
+        return [
+            against_reconstruction(spectrum, template, self.grid, self.matching)
+            for spectrum, template in zip(spectra, templates, strict=True)
+        ]
 
     @property
     def archive_velocities(self) -> np.ndarray | None:

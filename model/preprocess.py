@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -35,6 +36,11 @@ CONTINUUM_MIN_GOOD = 0.5
 NORMALISATIONS = ("median", "continuum")
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
 @dataclass(frozen=True)
 class Grid:
     """A log-uniform vacuum wavelength grid in Å."""
@@ -47,16 +53,17 @@ class Grid:
         if not (0 < self.wave_min < self.wave_max) or self.n_pixels < 16:
             raise ValueError(f"invalid grid {self}")
 
-    @property
+    @cached_property
     def wavelength(self) -> np.ndarray:
-        return np.geomspace(self.wave_min, self.wave_max, self.n_pixels)
+        """Pixel centres (read-only: computed once per grid, every spectrum rebinned onto it shares it)."""
+        return _read_only(np.geomspace(self.wave_min, self.wave_max, self.n_pixels))
 
-    @property
+    @cached_property
     def edges(self) -> np.ndarray:
-        """Pixel edges, geometric midpoints between centres (log-uniform, like the centres)."""
+        """Pixel edges, geometric midpoints between centres (log-uniform, like the centres); read-only."""
         log_w = np.log(self.wavelength)
         step = log_w[1] - log_w[0]
-        return np.exp(np.concatenate([log_w - step / 2, [log_w[-1] + step / 2]]))
+        return _read_only(np.exp(np.concatenate([log_w - step / 2, [log_w[-1] + step / 2]])))
 
     @property
     def velocity_step_kms(self) -> float:

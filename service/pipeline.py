@@ -325,8 +325,7 @@ def encode(
             encoded = latent_model.encode_spectra(batch)
             mean[positions], var[positions], recon[positions] = encoded.mean, encoded.var, encoded.recon_error
             coverage[positions] = encoded.coverage
-            for position, spectrum, vector in zip(positions, batch, encoded.mean, strict=True):
-                found = latent_model.velocity(spectrum, vector)
+            for position, found in zip(positions, latent_model.velocities(batch, encoded.mean), strict=True):
                 if found is not None:
                     velocity[position] = found.rv_kms, found.error_kms
         mean.flush()
