@@ -1,4 +1,6 @@
-"""JSON endpoints behind the explorer pages: small, for scripts in the browser, errors in JSON too.
+"""The explorer: its pages (/explore, /spectrum, /sliders, /similar, /correlations), whose scripts
+read TAP, DataLink and /similar like any client, and the two small JSON endpoints behind them
+(errors in JSON too).
 
 ``POST /explore/decode`` takes ``{"z": [z0, …, zN]}`` (a full latent vector of the model in service)
 and answers ``{"model_version", "wavelength", "flux"}``: the decoded spectrum on the model's grid
