@@ -346,7 +346,7 @@ class Archive:
         """Every mapped spectrum of a version with what the map colours and labels points by."""
         return self.conn.execute(
             "SELECT m.obs_publisher_did, m.x, m.y, s.obs_collection, s.target_name, s.teff, s.logg, s.feh, "
-            "s.rv, s.snr, l.anomaly_score FROM ml_map AS m "
+            "s.rv, s.snr, s.vsini, l.anomaly_score FROM ml_map AS m "
             "JOIN spectrum AS s ON s.obs_publisher_did = m.obs_publisher_did "
             "LEFT JOIN ml_latent AS l ON l.model_version = m.model_version "
             "AND l.obs_publisher_did = m.obs_publisher_did "

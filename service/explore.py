@@ -103,7 +103,7 @@ def decode() -> Response:
 
 
 #: Label columns the map sends for colouring and tooltips (ivoa.obscore names).
-MAP_LABELS = ("teff", "logg", "feh", "rv", "snr")
+MAP_LABELS = ("teff", "logg", "feh", "rv", "snr", "vsini")
 
 
 @bp.get("/map")

@@ -89,7 +89,7 @@ def test_map_answers_every_encoded_spectrum_column_wise(live_server, dids):
     assert answer["n"] == len(dids) and sorted(answer["id"]) == sorted(dids)
     for column in ("target", "x", "y", "collection"):
         assert len(answer[column]) == answer["n"], column
-    assert set(answer["labels"]) == {"teff", "logg", "feh", "rv", "snr", "anomaly_score"}
+    assert set(answer["labels"]) == {"teff", "logg", "feh", "rv", "snr", "vsini", "anomaly_score"}
     assert all(len(values) == answer["n"] for values in answer["labels"].values())
     assert answer["collections"] == ["miles"] and set(answer["collection"]) == {0}
     assert np.std(answer["x"]) > np.std(answer["y"]) > 0  # PCA: the first axis carries the most variance
