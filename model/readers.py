@@ -16,6 +16,7 @@ import operator
 import os
 import re
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -394,7 +395,7 @@ def _sdss_hdu(hdul: fits.HDUList) -> int | None:
     """The COADD table of an SDSS spec file: a loglam/flux table in a file with SDSS traits."""
     if len(hdul) < 2 or not _is_table(hdul[1]):
         return None
-    names = {_norm(name) for name in hdul[1].columns.names}
+    names = {_norm(name) for name in _layout(hdul[1]).names}
     header = hdul[0].header
     sdss_like = (
         any(hdu.name in _SDSS_OBJECT_HDUS for hdu in hdul)
@@ -422,15 +423,58 @@ def _image_kind(path: PathArg, hdu: _HDU) -> str | None:
     return None
 
 
+_TFORM_REPEAT = re.compile(r"^\s*(\d*)")
+
+
+@dataclass(frozen=True)
+class _TableLayout:
+    """A table's column names, units and cell sizes, read from its header alone."""
+
+    names: list[str]
+    units: dict[str, str]
+    repeats: dict[str, int]
+
+
+#: Each open table HDU's layout, worked out once while the HDU lives (classifying and reading ask often).
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layout(hdu: fits.BinTableHDU | fits.TableHDU) -> _TableLayout:
+    """Column names, units and repeats from TTYPEn/TUNITn/TFORMn: ``hdu.columns`` of a table read
+    from a file maps and wraps all its rows first, a cost per file open that one row does not need.
+    Tables whose header does not name every column (or names one twice) go through astropy."""
+    if hdu not in _LAYOUTS:
+        _LAYOUTS[hdu] = _layout_of(hdu)
+    return _LAYOUTS[hdu]
+
+
+def _layout_of(hdu: fits.BinTableHDU | fits.TableHDU) -> _TableLayout:
+    header = hdu.header
+    count = int(header.get("TFIELDS", 0) or 0)
+    names = [str(header.get(f"TTYPE{i}", "")).strip() for i in range(1, count + 1)]
+    if not isinstance(hdu, fits.BinTableHDU) or not all(names) or len(set(names)) != len(names):
+        return _TableLayout(
+            list(hdu.columns.names),
+            {col.name: col.unit or "" for col in hdu.columns},
+            {col.name: int(getattr(col.format, "repeat", 1) or 1) for col in hdu.columns},
+        )
+    units = {name: str(header.get(f"TUNIT{i}", "") or "").strip() for i, name in enumerate(names, 1)}
+    repeats = {}
+    for i, name in enumerate(names, 1):
+        digits = _TFORM_REPEAT.match(str(header.get(f"TFORM{i}", ""))).group(1)
+        repeats[name] = int(digits) if digits else 1
+    return _TableLayout(names, units, repeats)
+
+
 def _repeat(hdu: fits.BinTableHDU, name: str) -> int:
     """How many values a table cell of this column holds (1 for scalar columns)."""
-    return int(getattr(hdu.columns[name].format, "repeat", 1) or 1)
+    return _layout(hdu).repeats[name]
 
 
 def _table_kind(path: PathArg, hdul: fits.HDUList, number: int) -> str | None:
     """'fits-table' (one spectrum), 'fits-multi' (a spectrum per row) or None (no spectrum here)."""
     hdu = hdul[number]
-    names = hdu.columns.names
+    names = _layout(hdu).names
     flux = _pick(names, _FLUX_NAMES)
     if flux is None:
         return None
@@ -509,8 +553,8 @@ def _table_parts(path: PathArg, hdul: fits.HDUList, number: int, index: int | No
     Rows of array cells are read a block at a time, so a walk over the whole table holds one block.
     """
     hdu = hdul[number]
-    names = hdu.columns.names
-    units = {col.name: col.unit or "" for col in hdu.columns}
+    layout = _layout(hdu)
+    names, units = layout.names, layout.units
     header_meta = _fits_meta(hdul, number)
     width = _repeat(hdu, _pick(names, _FLUX_NAMES) or names[0])
     if width <= 1:
@@ -559,9 +603,17 @@ def _row_blocks(
                 yield start, hdu.data[start : min(start + step, end)]
             return
         offset = hdul.fileinfo(number)["datLoc"]
+        codec = _row_codec(hdu)
         heads: dict[int, bytes] = {}  # the block header for each block length (at most two of them)
         for start in starts:
             count = min(step, end - start)
+            if codec is not None:  # plain columns: the rows decoded from their bytes
+                stream.seek(offset + start * width)
+                raw = stream.read(count * width)
+                if len(raw) != count * width:
+                    raise SpectrumReadError(path, f"truncated FITS file (rows from {start} on are cut off)")
+                yield start, codec.decode(raw)
+                continue
             if count not in heads:
                 header = hdu.header.copy()
                 header["NAXIS2"] = count
@@ -574,6 +626,63 @@ def _row_blocks(
             block = b"".join((head, raw, bytes(-size % _BLOCK)))  # astropy parses headers from bytes only
             del raw
             yield start, fits.BinTableHDU.fromstring(block, uint=True).data
+
+
+#: Binary-table formats whose bytes are the values (big-endian), and logicals (T/F bytes), text.
+_PLAIN_FORMATS = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8", "A": "S", "L": "u1"}
+_TFORM = re.compile(r"^\s*(\d*)([A-Z])\s*$")
+
+
+@dataclass(frozen=True)
+class _RowCodec:
+    """How the bytes of a plain table's rows become the values astropy would give: numbers in native
+    byte order, text stripped of trailing blanks, logicals as booleans."""
+
+    raw: np.dtype
+    values: np.dtype
+    logical: tuple[str, ...]
+    text: tuple[str, ...]
+
+    def decode(self, raw: bytes) -> np.recarray:
+        rows = np.frombuffer(raw, dtype=self.raw)
+        out = np.empty(len(rows), dtype=self.values)
+        for name in self.raw.names:
+            if name in self.logical:
+                out[name] = rows[name] == ord("T")
+            elif name in self.text:
+                out[name] = np.char.rstrip(np.char.decode(rows[name], "ascii", "replace"))
+            else:
+                out[name] = rows[name]
+        return out.view(np.recarray)
+
+
+def _row_codec(hdu: fits.BinTableHDU) -> _RowCodec | None:
+    """The codec of a table whose columns are all plain numbers, text or logicals without scaling
+    (else None: astropy converts). Decoding rows from their bytes skips astropy's per-open work of
+    describing every column, most of the cost of reading one row of an archive table."""
+    header = hdu.header
+    raw, values, logical, text = [], [], [], []
+    for i, name in enumerate(_layout(hdu).names, 1):
+        form = _TFORM.match(str(header.get(f"TFORM{i}", "")))
+        if form is None or form.group(2) not in _PLAIN_FORMATS:
+            return None
+        repeat = int(form.group(1) or 1)
+        dims = str(header.get(f"TDIM{i}", f"({repeat})")).replace(" ", "")
+        if any(f"{key}{i}" in header for key in ("TSCAL", "TZERO")) or dims != f"({repeat})":
+            return None
+        letter, code = form.group(2), _PLAIN_FORMATS[form.group(2)]
+        shape = (repeat,) if repeat > 1 else ()
+        if letter == "A":
+            raw.append((name, f"S{repeat}"))
+            values.append((name, f"U{repeat}"))
+            text.append(name)
+            continue
+        raw.append((name, code, shape))
+        values.append((name, "?" if letter == "L" else np.dtype(code).newbyteorder("="), shape))
+        if letter == "L":
+            logical.append(name)
+    codec = _RowCodec(np.dtype(raw), np.dtype(values), tuple(logical), tuple(text))
+    return codec if codec.raw.itemsize == header["NAXIS1"] else None
 
 
 def _shared_grid(path: PathArg, hdul: fits.HDUList, number: int, width: int) -> np.ndarray | None:
