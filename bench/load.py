@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -239,6 +240,15 @@ def main() -> None:
     print(text)
 
 
+def run_cells(r: dict) -> Iterator[tuple[str, str, dict, list[str]]]:
+    """(query, connections, run, table cells) of every run, the cells as the result tables show them."""
+    for name, runs in r["runs"].items():
+        for connections, run in runs.items():
+            errors = run["non_2xx"] + run["socket_errors"]
+            figures = [f"{run[key]:.1f}" for key in ("requests_per_s", "p50_ms", "p95_ms", "p99_ms")]
+            yield name, connections, run, [name, connections, *figures, str(errors)]
+
+
 def markdown(r: dict) -> str:
     lines = [
         f"# Serving under load: {r['n_spectra']} spectra, {r['workers']} gunicorn workers",
@@ -249,13 +259,7 @@ def markdown(r: dict) -> str:
         "| query | connections | req/s | p50 ms | p95 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, runs in r["runs"].items():
-        for connections, run in runs.items():
-            errors = run["non_2xx"] + run["socket_errors"]
-            lines.append(
-                f"| {name} | {connections} | {run['requests_per_s']:.1f} | {run['p50_ms']:.1f} | "
-                f"{run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {errors} |"
-            )
+    lines += ["| " + " | ".join(cells) + " |" for _, _, _, cells in run_cells(r)]
     rss = r.get("worker_rss_mb") or []
     lines += [
         "",

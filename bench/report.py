@@ -10,10 +10,14 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.load import run_cells  # noqa: E402
 
 #: (query, connections) -> (what, target) for the figures the targets at 10^6 spectra name.
 TARGETS = {
@@ -80,16 +84,10 @@ def report(results: Path) -> str:
         "| query | connections | req/s | p50 ms | p95 ms | p99 ms | errors | target at 10^6 | met here |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, runs in load["runs"].items():
-        for connections, run in runs.items():
-            target = TARGETS.get((name, connections))
-            met = "" if target is None else ("yes" if target[1](run) else "**no**")
-            errors = run["non_2xx"] + run["socket_errors"]
-            wanted = target[0] if target else ""
-            lines.append(
-                f"| {name} | {connections} | {run['requests_per_s']:.1f} | {run['p50_ms']:.1f} | "
-                f"{run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {errors} | {wanted} | {met} |"
-            )
+    for name, connections, run, cells in run_cells(load):
+        target = TARGETS.get((name, connections))
+        met = "" if target is None else ("yes" if target[1](run) else "**no**")
+        lines.append("| " + " | ".join([*cells, target[0] if target else "", met]) + " |")
     rss = load.get("worker_rss_mb") or []
     lines += [
         "",
