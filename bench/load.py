@@ -260,13 +260,13 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(cells) + " |" for _, _, _, cells in run_cells(r)]
-    rss = r.get("worker_rss_mb") or []
-    lines += [
-        "",
-        f"RSS per worker after the runs: {', '.join(f'{x:.0f} MB' for x in rss) or 'not found'}",
-        "",
-    ]
+    lines += ["", rss_line(r), ""]
     return "\n".join(lines)
+
+
+def rss_line(r: dict) -> str:
+    sizes = ", ".join(f"{x:.0f} MB" for x in r.get("worker_rss_mb") or []) or "not found"
+    return f"RSS per worker after the runs: {sizes}"
 
 
 if __name__ == "__main__":

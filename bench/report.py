@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.load import run_cells  # noqa: E402
+from bench.load import rss_line, run_cells  # noqa: E402
 
 #: (query, connections) -> (what, target) for the figures the targets at 10^6 spectra name.
 TARGETS = {
@@ -88,12 +88,7 @@ def report(results: Path) -> str:
         target = TARGETS.get((name, connections))
         met = "" if target is None else ("yes" if target[1](run) else "**no**")
         lines.append("| " + " | ".join([*cells, target[0] if target else "", met]) + " |")
-    rss = load.get("worker_rss_mb") or []
-    lines += [
-        "",
-        f"RSS per worker after the runs: {', '.join(f'{x:.0f} MB' for x in rss)} (target ≤ 1,536 MB).",
-        "",
-    ]
+    lines += ["", f"{rss_line(load)} (target ≤ 1,536 MB).", ""]
     return "\n".join(lines)
 
 

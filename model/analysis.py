@@ -340,8 +340,7 @@ def map_projection(latents: np.ndarray, method: str = "pca", seed: int = 0) -> n
             xy = np.zeros((len(data), 2))
             xy[:, 0] = data[:, 0] - data[:, 0].mean()
             return xy
-        scores = PCA(n_components=2, random_state=seed).fit_transform(data)
-        return scores if scores.shape[1] == 2 else np.column_stack([scores, np.zeros(len(data))])
+        return PCA(n_components=2, random_state=seed).fit_transform(data)
     if method == "umap":
         import umap  # optional dependency: only reached where available_map_methods() lists it
 

@@ -100,13 +100,16 @@ class LatentModel:
     @property
     def archive_velocities(self) -> np.ndarray | None:
         """(n, 2) model velocity and error of each archive row (written by ``latentvo encode``)."""
-        path = self.directory / VELOCITY_FILE
-        return np.load(path, mmap_mode="r") if path.exists() else None
+        return self._per_row(VELOCITY_FILE)
 
     @property
     def archive_quality(self) -> np.ndarray | None:
         """(n, 2) grid coverage and reconstruction error of each archive row, as ``encode`` found them."""
-        path = self.directory / QUALITY_FILE
+        return self._per_row(QUALITY_FILE)
+
+    def _per_row(self, name: str) -> np.ndarray | None:
+        """A per-row matrix ``encode`` wrote, memory-mapped; None for versions encoded before it."""
+        path = self.directory / name
         return np.load(path, mmap_mode="r") if path.exists() else None
 
     def velocity_from(self, spectrum: Spectrum, reference: Spectrum, reference_kms: float) -> Velocity | None:

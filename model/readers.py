@@ -423,16 +423,23 @@ def _image_kind(path: PathArg, hdu: _HDU) -> str | None:
     return None
 
 
-_TFORM_REPEAT = re.compile(r"^\s*(\d*)")
+#: A binary-table TFORM: repeat count and type letter (``4096E``, ``D``, ``14A``).
+_TFORM = re.compile(r"^\s*(\d*)([A-Z]?)")
 
 
 @dataclass(frozen=True)
 class _TableLayout:
-    """A table's column names, units and cell sizes, read from its header alone."""
+    """A table's column names, units, cell sizes and TFORM type letters, read from its header alone."""
 
     names: list[str]
     units: dict[str, str]
     repeats: dict[str, int]
+    letters: dict[str, str]
+
+
+def _tform(text: str) -> tuple[int, str]:
+    repeat, letter = _TFORM.match(text).groups()
+    return int(repeat) if repeat else 1, letter
 
 
 #: Each open table HDU's layout, worked out once while the HDU lives (classifying and reading ask often).
@@ -457,13 +464,16 @@ def _layout_of(hdu: fits.BinTableHDU | fits.TableHDU) -> _TableLayout:
             list(hdu.columns.names),
             {col.name: col.unit or "" for col in hdu.columns},
             {col.name: int(getattr(col.format, "repeat", 1) or 1) for col in hdu.columns},
+            {col.name: "" for col in hdu.columns},  # no plain-row decoding for these
         )
     units = {name: str(header.get(f"TUNIT{i}", "") or "").strip() for i, name in enumerate(names, 1)}
-    repeats = {}
-    for i, name in enumerate(names, 1):
-        digits = _TFORM_REPEAT.match(str(header.get(f"TFORM{i}", ""))).group(1)
-        repeats[name] = int(digits) if digits else 1
-    return _TableLayout(names, units, repeats)
+    forms = {name: _tform(str(header.get(f"TFORM{i}", ""))) for i, name in enumerate(names, 1)}
+    return _TableLayout(
+        names,
+        units,
+        {n: repeat for n, (repeat, _) in forms.items()},
+        {n: letter for n, (_, letter) in forms.items()},
+    )
 
 
 def _repeat(hdu: fits.BinTableHDU, name: str) -> int:
@@ -630,7 +640,6 @@ def _row_blocks(
 
 #: Binary-table formats whose bytes are the values (big-endian), and logicals (T/F bytes), text.
 _PLAIN_FORMATS = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8", "A": "S", "L": "u1"}
-_TFORM = re.compile(r"^\s*(\d*)([A-Z])\s*$")
 
 
 @dataclass(frozen=True)
@@ -661,16 +670,16 @@ def _row_codec(hdu: fits.BinTableHDU) -> _RowCodec | None:
     (else None: astropy converts). Decoding rows from their bytes skips astropy's per-open work of
     describing every column, most of the cost of reading one row of an archive table."""
     header = hdu.header
+    layout = _layout(hdu)
     raw, values, logical, text = [], [], [], []
-    for i, name in enumerate(_layout(hdu).names, 1):
-        form = _TFORM.match(str(header.get(f"TFORM{i}", "")))
-        if form is None or form.group(2) not in _PLAIN_FORMATS:
+    for i, name in enumerate(layout.names, 1):
+        repeat, letter = layout.repeats[name], layout.letters[name]
+        if letter not in _PLAIN_FORMATS:
             return None
-        repeat = int(form.group(1) or 1)
         dims = str(header.get(f"TDIM{i}", f"({repeat})")).replace(" ", "")
         if any(f"{key}{i}" in header for key in ("TSCAL", "TZERO")) or dims != f"({repeat})":
             return None
-        letter, code = form.group(2), _PLAIN_FORMATS[form.group(2)]
+        code = _PLAIN_FORMATS[letter]
         shape = (repeat,) if repeat > 1 else ()
         if letter == "A":
             raw.append((name, f"S{repeat}"))

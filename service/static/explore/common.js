@@ -220,7 +220,7 @@ const LV = (() => {
 
   // -- DataLink -------------------------------------------------------------------------------------
 
-  /** The links of one spectrum by semantics/local_semantics: dataset (FITS), preview, reconstruction. */
+  /** The DataLink {links} URL of one spectrum and its FITS dataset link (null when it has none). */
   async function datalinks(id) {
     const t = await votable(`${base}/datalink/links?ID=${encodeURIComponent(id)}`);
     const links = t.records().filter((r) => !r.error_message);
@@ -228,8 +228,6 @@ const LV = (() => {
     return {
       links: `${base}/datalink/links?ID=${encodeURIComponent(id)}`,
       fits: find((r) => r.semantics === "#this" && /fits/.test(r.content_type || "")),
-      votable: find((r) => r.semantics === "#this" && /votable/.test(r.content_type || "")),
-      all: links,
     };
   }
 
@@ -325,7 +323,7 @@ const LV = (() => {
 
   return {
     base, velocityDim, params, parseVOTable, votable, json, tap, tapJob, quote, currentModel, dimensionMeanings,
-    LABEL_NAMES, SHORT_NAMES, dimensionLabel, format, escape, viridis, CATEGORICAL, MISSING, css, robustRange,
+    LABEL_NAMES, dimensionLabel, format, escape, viridis, CATEGORICAL, MISSING, css, robustRange,
     spectrumPlot, datalinks, reconstruction, decode, samp, say,
   };
 })();
