@@ -19,7 +19,7 @@ from model.ood import OOD_FILE, OODReference, line_signal, structured_residual
 from model.preprocess import Matching, prepare_many
 from model.similarity import LatentIndex, exact_search
 from model.spectrum import Spectrum
-from model.velocity import Velocity, against_reconstruction, against_spectrum
+from model.velocity import Velocity, against_reconstructions, against_spectrum
 
 MEAN_FILE = "latent_mean.npy"
 VAR_FILE = "latent_var.npy"
@@ -29,6 +29,9 @@ ANALYSIS_FILE = "analysis.json"
 VELOCITY_FILE = "velocity.npy"
 #: (n, 2) coverage of the grid and reconstruction error of each archive row (written by encode).
 QUALITY_FILE = "quality.npy"
+#: Spectra per forward pass on CPU: the decoder's activations (~64 kB each at 1024 pixels) stay in
+#: cache up to about that and throughput falls beyond (bench/encode.py).
+ENCODE_BATCH = 64
 
 
 @dataclass
@@ -40,6 +43,8 @@ class Encoded:
     #: With ``ood=True`` only (what ood_score ranks; the archive's own encoding does not need them):
     structured: np.ndarray | None = None  # (n,) the residual beyond the noise (model.ood.structured_residual)
     line_signal: np.ndarray | None = None  # (n,) lines and bands beyond the noise (model.ood.line_signal)
+    #: (n, pixels) the reconstructions at rest (z0 = 0), the templates the model's velocity is measured on.
+    rest: np.ndarray | None = None
 
 
 class LatentModel:
@@ -85,17 +90,18 @@ class LatentModel:
         reconstruction at rest (z0 = 0); None without a velocity dimension or without a peak."""
         return self.velocities([spectrum], np.asarray(mean)[None, :])[0]
 
-    def velocities(self, spectra: Sequence[Spectrum], means: np.ndarray) -> list[Velocity | None]:
-        """:meth:`velocity` of many spectra, their rest-frame reconstructions decoded in one batch."""
+    def velocities(
+        self, spectra: Sequence[Spectrum], means: np.ndarray, rest: np.ndarray | None = None
+    ) -> list[Velocity | None]:
+        """:meth:`velocity` of many spectra; ``rest`` are their rest-frame reconstructions where
+        :meth:`encode_spectra` has them already (decoded here in one batch otherwise)."""
         if self.velocity_dim is None:
             return [None] * len(spectra)
-        rest = np.array(means, dtype=np.float32)
-        rest[:, self.velocity_dim] = 0.0
-        templates = self.reconstruct(rest)
-        return [
-            against_reconstruction(spectrum, template, self.grid, self.matching)
-            for spectrum, template in zip(spectra, templates, strict=True)
-        ]
+        if rest is None:
+            at_rest = np.array(means, dtype=np.float32)
+            at_rest[:, self.velocity_dim] = 0.0
+            rest = self.reconstruct(at_rest)
+        return against_reconstructions(spectra, rest, self.grid, self.matching)
 
     @property
     def archive_velocities(self) -> np.ndarray | None:
@@ -148,33 +154,37 @@ class LatentModel:
             self._index = LatentIndex.load(self.directory / INDEX_FILE, self.latents)
         return self._index
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_arrays(
-        self, flux: np.ndarray, good: np.ndarray, batch_size: int = 512, ood: bool = False
+        self, flux: np.ndarray, good: np.ndarray, batch_size: int = ENCODE_BATCH, ood: bool = False
     ) -> Encoded:
-        """Encode spectra already on the grid; returns posterior means, variances, reconstruction error."""
+        """Encode spectra already on the grid; returns posterior means, variances, reconstruction error
+        and the reconstructions at rest."""
         n = len(flux)
         mean = np.empty((n, self.latent_dim), np.float32)
         var = np.empty((n, self.latent_dim), np.float32)
         err = np.empty(n, np.float32)
+        rest = np.empty((n, self.grid.n_pixels), np.float32)
         structured = np.empty(n, np.float32) if ood else None
         signal = np.empty(n, np.float32) if ood else None
         for start in range(0, n, batch_size):
             x = torch.as_tensor(np.asarray(flux[start : start + batch_size], np.float32), device=self.device)
             m = torch.as_tensor(np.asarray(good[start : start + batch_size], bool), device=self.device)
             mu, logvar = self.vae.encode(x, m)
-            recon = self.vae.decode(mu)
+            at_rest = self.vae.decode_rest(mu)
+            recon = self.vae.to_observed(at_rest, mu)
             mf = m.float()
             rmse = torch.sqrt((mf * (recon - x) ** 2).sum(1) / mf.sum(1).clamp(min=1))
             stop = start + len(x)
             mean[start:stop] = mu.cpu().numpy()
             var[start:stop] = logvar.exp().cpu().numpy()
             err[start:stop] = rmse.cpu().numpy()
+            rest[start:stop] = at_rest.cpu().numpy()
             if ood:
                 flux_np, good_np = x.cpu().numpy(), m.cpu().numpy()
                 structured[start:stop] = structured_residual(recon.cpu().numpy(), flux_np, good_np)
                 signal[start:stop] = line_signal(flux_np, good_np)
-        return Encoded(mean, var, err, structured=structured, line_signal=signal)
+        return Encoded(mean, var, err, structured=structured, line_signal=signal, rest=rest)
 
     def encode_spectra(self, spectra: Sequence[Spectrum], ood: bool = False) -> Encoded:
         """Resample spectra from any grid onto the model's, then encode them."""

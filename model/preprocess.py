@@ -219,13 +219,15 @@ def _rebin(
     src_edges = np.concatenate([[2 * wave[0] - mid[0]], mid, [2 * wave[-1] - mid[-1]]])
     widths = np.diff(src_edges)
     cum_flux = np.concatenate([[0.0], np.cumsum(clean * widths)])
-    cum_bad = np.concatenate([[0.0], np.cumsum(bad * widths)])
-    lo, hi = target_edges[:-1], target_edges[1:]
-    width = hi - lo
-    inside_lo, inside_hi = np.clip(lo, src_edges[0], src_edges[-1]), np.clip(hi, src_edges[0], src_edges[-1])
-    covered = np.maximum(inside_hi - inside_lo, 0.0)
-    flux_int = np.interp(inside_hi, src_edges, cum_flux) - np.interp(inside_lo, src_edges, cum_flux)
-    bad_int = np.interp(inside_hi, src_edges, cum_bad) - np.interp(inside_lo, src_edges, cum_bad)
+    width = np.diff(target_edges)
+    # Each target edge's cumulative integrals, once: a pixel's integral is the difference at its two edges.
+    inside = np.clip(target_edges, src_edges[0], src_edges[-1])
+    covered = np.maximum(np.diff(inside), 0.0)
+    flux_int = np.diff(np.interp(inside, src_edges, cum_flux))
+    if bad.any():
+        bad_int = np.diff(np.interp(inside, src_edges, np.concatenate([[0.0], np.cumsum(bad * widths)])))
+    else:
+        bad_int = np.zeros(n_target)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_flux = np.where(covered > 0, flux_int / covered, 0.0)
     bad_fraction = 1.0 - (covered - bad_int) / width
@@ -234,7 +236,7 @@ def _rebin(
         source_variance = np.asarray(variance, dtype=np.float64)[finite]
         source_variance = np.where(bad | ~np.isfinite(source_variance), 0.0, source_variance)
         cum_var = np.concatenate([[0.0], np.cumsum(source_variance * widths**2)])
-        var_int = np.interp(inside_hi, src_edges, cum_var) - np.interp(inside_lo, src_edges, cum_var)
+        var_int = np.diff(np.interp(inside, src_edges, cum_var))
         good_width = covered - bad_int
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_variance = np.where(good_width > 0, var_int / good_width**2, np.nan)

@@ -113,12 +113,19 @@ class SpectrumVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Flux on the grid for latent vectors z (B, latent_dim), in the observed frame."""
+        return self.to_observed(self.decode_rest(z), z)
+
+    def decode_rest(self, z: torch.Tensor) -> torch.Tensor:
+        """Flux on the grid for z with the velocity left out: the rest frame (z0 = 0)."""
         shape = (z[:, 1:] if self.config.velocity_dim else z) @ self.shape_rotation
         h = self.decoder_head(shape).view(z.shape[0], self.config.channels[-1], self.reduced)
-        flux = 1.0 + self.decoder_conv(h)[:, 0, : self.config.n_pixels]
-        if self.config.velocity_dim:
-            flux = doppler_shift(flux, z[:, 0] * self.config.velocity_scale_kms / self.config.pixel_kms)
-        return flux
+        return 1.0 + self.decoder_conv(h)[:, 0, : self.config.n_pixels]
+
+    def to_observed(self, rest: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """A rest-frame decoding moved by z0 (nothing to do without a velocity dimension)."""
+        if not self.config.velocity_dim:
+            return rest
+        return doppler_shift(rest, z[:, 0] * self.config.velocity_scale_kms / self.config.pixel_kms)
 
     def forward(
         self, flux: torch.Tensor, good: torch.Tensor, sample: bool = True

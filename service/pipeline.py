@@ -325,7 +325,9 @@ def encode(
             encoded = latent_model.encode_spectra(batch)
             mean[positions], var[positions], recon[positions] = encoded.mean, encoded.var, encoded.recon_error
             coverage[positions] = encoded.coverage
-            for position, found in zip(positions, latent_model.velocities(batch, encoded.mean), strict=True):
+            for position, found in zip(
+                positions, latent_model.velocities(batch, encoded.mean, encoded.rest), strict=True
+            ):
                 if found is not None:
                     velocity[position] = found.rv_kms, found.error_kms
         mean.flush()
