@@ -7,7 +7,9 @@ errors), so it serves the trained β-VAE, the PCA baseline and synthetic test ca
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.stats import rankdata
@@ -248,9 +250,70 @@ def anomaly_scores(
     if recon_error.shape != (n,):
         raise ValueError(f"recon_error {recon_error.shape} must have one value per latent row ({n})")
     k = min(n_neighbors, n - 1)
-    lof = -LocalOutlierFactor(n_neighbors=k).fit(latents).negative_outlier_factor_ if k >= 2 else np.ones(n)
+    lof = local_outlier_factor(latents, k) if k >= 2 else np.ones(n)
     recon_z = robust_z(recon_error)
     return {"lof": lof, "recon_z": recon_z, "anomaly_score": np.maximum(robust_z(lof), recon_z)}
+
+
+#: Up to this many rows LOF is exact (scikit-learn); beyond, its cost grows faster than the rows
+#: (50,000 rows in 14 dimensions: 32 s; 200,000: 460 s on 2 cores), and the neighbours come from Annoy.
+EXACT_LOF_ROWS = 50_000
+#: Annoy's trees and search breadth for those neighbours: bench/pipeline.py reports the agreement.
+LOF_TREES = 10
+LOF_SEARCH_K = 2000
+
+
+def local_outlier_factor(latents: np.ndarray, k: int, exact_rows: int = EXACT_LOF_ROWS) -> np.ndarray:
+    """LOF of every row against its k nearest others (≈ 1 inside a cluster, larger = more isolated).
+
+    Exact up to ``exact_rows`` rows; beyond, the same formula over approximate neighbours from an
+    Annoy forest (:func:`approximate_neighbours`), which scales as n log n.
+    """
+    latents = np.asarray(latents, dtype=np.float64)
+    if len(latents) <= exact_rows:
+        return -LocalOutlierFactor(n_neighbors=k).fit(latents).negative_outlier_factor_
+    indices, distances = approximate_neighbours(latents, k)
+    return lof_from_neighbours(indices, distances)
+
+
+def lof_from_neighbours(indices: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """LOF from each row's k nearest other rows (n, k) and their distances, as scikit-learn computes it
+    (Breunig et al. 2000: reachability distances, local reachability density, their ratio)."""
+    k_distance = distances[:, -1]
+    reach = np.maximum(distances, k_distance[indices])
+    density = 1.0 / (reach.mean(axis=1) + 1e-10)
+    return (density[indices] / density[:, None]).mean(axis=1)
+
+
+def approximate_neighbours(
+    latents: np.ndarray, k: int, n_trees: int = LOF_TREES, search_k: int = LOF_SEARCH_K
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest other rows and their Euclidean distances, from an in-memory Annoy forest;
+    queries run in threads (Annoy releases the GIL)."""
+    from annoy import AnnoyIndex
+
+    n, dim = latents.shape
+    forest = AnnoyIndex(dim, "euclidean")
+    for row, vector in enumerate(latents):
+        forest.add_item(row, vector)
+    forest.build(n_trees, n_jobs=-1)
+    indices = np.empty((n, k), np.int64)
+    distances = np.empty((n, k), np.float64)
+
+    def query(rows: range) -> None:
+        for row in rows:
+            found, dist = forest.get_nns_by_item(row, k + 1, search_k=search_k, include_distances=True)
+            others = [(f, d) for f, d in zip(found, dist, strict=True) if f != row][:k]
+            if len(others) < k:  # duplicates crowding out: pad with the farthest found
+                others += [others[-1]] * (k - len(others))
+            indices[row] = [f for f, _ in others]
+            distances[row] = [d for _, d in others]
+
+    chunk = 10_000
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(query, (range(start, min(start + chunk, n)) for start in range(0, n, chunk))))
+    forest.unload()
+    return indices, distances
 
 
 def knn_label_vote(

@@ -15,8 +15,10 @@ import math
 import operator
 import os
 import re
+import threading
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -271,6 +273,9 @@ def _spectra(path: PathArg, index: int | None) -> Iterator[Spectrum]:
         if kind in ("votable", "text"):
             yield from _select(path, (_read_votable if kind == "votable" else _read_text)(path, file), index)
             return
+        if index is not None and kind == "fits":
+            yield from _OPEN_FILES.read(path, file, index)
+            return
         with _open_fits(path, file, kind) as hdul:
             fmt, number = _classify_fits(path, hdul)
             yield from _FITS_READERS[fmt](path, hdul, number, index)
@@ -337,8 +342,9 @@ def _as_text(head: bytes) -> str | None:
 
 
 @contextmanager
-def _open_fits(path: PathArg, file: Path, kind: str) -> Iterator[fits.HDUList]:
-    """Open a FITS file memory-mapped (a row of a 1 GB table stays cheap) and refuse truncated ones."""
+def _open_fits(path: PathArg, file: Path, kind: str, close: bool = True) -> Iterator[fits.HDUList]:
+    """Open a FITS file memory-mapped (a row of a 1 GB table stays cheap) and refuse truncated ones;
+    closed afterwards unless ``close`` is False (then only when it is refused)."""
     try:
         hdul = fits.open(file, memmap=kind == "fits", lazy_load_hdus=False)
     except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ... on broken files
@@ -347,8 +353,62 @@ def _open_fits(path: PathArg, file: Path, kind: str) -> Iterator[fits.HDUList]:
         if kind == "fits":
             _check_complete(path, file, hdul)
         yield hdul
-    finally:
+    except BaseException:
         hdul.close()
+        raise
+    if close:
+        hdul.close()
+
+
+class _OpenFiles:
+    """FITS files kept open, classified, for reads of one spectrum by index.
+
+    A server answering for rows of a large table reads the same file again and again, and opening
+    and classifying it costs far more than reading a row. Entries are keyed by the file's identity
+    (device, inode, size, modification time), so a file replaced or rewritten is opened afresh; at
+    most :data:`OPEN_FILES` stay open, the least recently read closed first. Reads are serialised
+    (one handle per file), and a process that inherits the cache through a fork starts its own.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.lock = threading.Lock()
+        self.owner = os.getpid()
+        self.entries: OrderedDict[tuple, tuple[fits.HDUList, str, int]] = OrderedDict()
+
+    def read(self, path: PathArg, file: Path, index: int) -> list[Spectrum]:
+        info = file.stat()
+        key = (str(file.resolve()), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        with self.lock:
+            if self.owner != os.getpid():  # forked: the handles' offsets are shared with the parent
+                self.entries, self.owner = OrderedDict(), os.getpid()
+            entry = self.entries.pop(key, None)
+            if entry is None:
+                entry = self._open(path, file)
+            hdul, fmt, number = entry
+            try:
+                spectra = list(_FITS_READERS[fmt](path, hdul, number, index))
+            except Exception:
+                hdul.close()
+                raise
+            self.entries[key] = entry
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)[1][0].close()
+            return spectra
+
+    @staticmethod
+    def _open(path: PathArg, file: Path) -> tuple[fits.HDUList, str, int]:
+        with _open_fits(path, file, "fits", close=False) as hdul:
+            try:
+                return (hdul, *_classify_fits(path, hdul))
+            except Exception:
+                hdul.close()
+                raise
+
+
+#: FITS files a process keeps open for reads by index (:class:`_OpenFiles`).
+OPEN_FILES = 8
+_OPEN_FILES = _OpenFiles(OPEN_FILES)
 
 
 def _check_complete(path: PathArg, file: Path, hdul: fits.HDUList) -> None:
@@ -723,10 +783,17 @@ def _companion_images(hdul: fits.HDUList, number: int, width: int) -> dict[str, 
     }
 
 
+#: The header keywords of each open HDU that holds spectra, worked out once while its file stays open.
+_METAS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _fits_meta(hdul: fits.HDUList, number: int) -> dict[str, Any]:
-    """Primary header keywords, overridden by those of the HDU that holds the spectrum."""
-    meta = _header_meta(hdul[0].header)
-    return meta | _header_meta(hdul[number].header) if number else meta
+    """Primary header keywords, overridden by those of the HDU that holds the spectrum (a fresh dict)."""
+    hdu = hdul[number]
+    if hdu not in _METAS:
+        meta = _header_meta(hdul[0].header)
+        _METAS[hdu] = meta | _header_meta(hdu.header) if number else meta
+    return dict(_METAS[hdu])
 
 
 def _header_meta(header: fits.Header) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
+from sklearn.neighbors import NearestNeighbors
 
 from model.analysis import (
     anomaly_scores,
@@ -12,6 +14,8 @@ from model.analysis import (
     informative_dimensions,
     kl_per_dimension,
     knn_label_vote,
+    local_outlier_factor,
+    lof_from_neighbours,
     map_projection,
     mutual_information,
     pca_baseline,
@@ -176,6 +180,19 @@ def test_anomaly_scores_with_fewer_rows_than_neighbours(n):
     rng = np.random.default_rng(8)
     scores = anomaly_scores(rng.standard_normal((n, 3)), rng.uniform(size=n), n_neighbors=20)
     assert all(v.shape == (n,) and np.isfinite(v).all() for v in scores.values())
+
+
+def test_lof_beyond_the_exact_limit_agrees_with_exact_lof():
+    """The formula over exact neighbours is scikit-learn's LOF; over Annoy's neighbours it ranks alike."""
+    rng = np.random.default_rng(10)
+    latents = rng.standard_normal((3000, 8)) * np.linspace(1.0, 0.1, 8)
+    latents[:15] += 4.0 * rng.standard_normal((15, 8))
+    exact = local_outlier_factor(latents, 20)
+    distances, indices = NearestNeighbors(n_neighbors=21).fit(latents).kneighbors(latents)
+    np.testing.assert_allclose(lof_from_neighbours(indices[:, 1:], distances[:, 1:]), exact, rtol=1e-9)
+    approximate = local_outlier_factor(latents, 20, exact_rows=0)
+    assert spearmanr(exact, approximate)[0] > 0.99
+    assert set(np.argsort(approximate)[-15:]) == set(np.argsort(exact)[-15:])
 
 
 def test_robust_z_ignores_the_outliers_it_measures():

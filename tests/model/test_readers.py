@@ -356,6 +356,29 @@ def test_iter_spectra_matches_read_spectra(tmp_path: Path) -> None:
     assert [s.identifier for s in iter_spectra(path)] == [s.identifier for s in read_spectra(path)]
 
 
+def test_reads_by_index_keep_files_open_and_see_a_replaced_file(tmp_path: Path) -> None:
+    """Rows read by index come from a file held open (bounded), and a file rewritten under the same
+    name is read afresh, not from the handle of the old one."""
+    path = tmp_path / "table.fits"
+    write_fits_table(path, 6, seed=1, config=SyntheticConfig(n_pixels=400))
+    first = read_spectra(path, index=4)[0]
+    assert read_spectra(path, index=4)[0].identifier == first.identifier
+    np.testing.assert_array_equal(read_spectra(path, index=4)[0].flux, first.flux)
+    replacement = tmp_path / "other.fits"
+    write_fits_table(replacement, 6, seed=2, config=SyntheticConfig(n_pixels=400))
+    replacement.replace(path)
+    again = read_spectra(path, index=4)[0]
+    assert not np.array_equal(again.flux, first.flux)
+    np.testing.assert_array_equal(again.flux, list(iter_spectra(path))[4].flux)
+    for number in range(readers.OPEN_FILES + 3):
+        other = tmp_path / f"table-{number}.fits"
+        write_fits_table(other, 2, seed=number, config=SyntheticConfig(n_pixels=100))
+        read_spectra(other, index=1)
+    assert len(readers._OPEN_FILES.entries) == readers.OPEN_FILES
+    with pytest.raises(SpectrumReadError, match="index 9"):
+        read_spectra(path, index=9)
+
+
 @pytest.mark.parametrize(
     ("name", "label"),
     [
