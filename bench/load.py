@@ -7,8 +7,9 @@ different archive spectra, so caches see what many users would ask. Reported per
 p50, p95 and p99 latency, non-2xx answers and socket errors, and afterwards the RSS of each worker.
 
 The query set: similarity by ID (/similar?ID=, /datalink/similar, DataLink {links}, SSAP
-SIMILAR_TO), ml_knn through TAP sync, an SSAP cone, a TAP TOP 100 and an upload to /similar (a
-CSV of one archive spectrum's flux).
+SIMILAR_TO), ml_knn through TAP sync, an SSAP cone, a TAP TOP 100 and TOP 10 and an upload to
+/similar (a CSV of one archive spectrum's flux); and, as the floor every answer pays, VOSI
+availability (a few hundred bytes through the same gunicorn, Flask and network stack).
 
 Needs wrk (Debian: apt-get install wrk).
 
@@ -96,7 +97,14 @@ def query_set(dids: list[str], ra_dec: tuple[float, float] | None, upload: bytes
                 f"/tap/sync?{urlencode({'LANG': 'ADQL', 'QUERY': 'SELECT TOP 100 * FROM ivoa.obscore'})}"
             ]
         },
+        "TAP TOP 10": {
+            "paths": [
+                f"/tap/sync?{urlencode({'LANG': 'ADQL', 'QUERY': 'SELECT TOP 10 * FROM ivoa.obscore'})}"
+            ]
+        },
         "upload /similar": {"paths": ["/similar"], "body": upload},
+        # The floor: what gunicorn, Flask and the network stack cost for a few hundred bytes of XML.
+        "HTTP floor (/tap/availability)": {"paths": ["/tap/availability"]},
     }
 
 

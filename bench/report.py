@@ -28,8 +28,13 @@ TARGETS = {
     ("/datalink/similar", "16"): ("≥ 500 req/s", lambda r: r["requests_per_s"] >= 500),
     ("/datalink/similar", "64"): ("≥ 500 req/s", lambda r: r["requests_per_s"] >= 500),
     ("upload /similar", "1"): ("p50 ≤ 50 ms", lambda r: r["p50_ms"] <= 50),
-    ("TAP TOP 100", "1"): ("p50 ≤ 65 ms (DaCHS, TAP TOP 10)", lambda r: r["p50_ms"] <= 65),
+    ("TAP TOP 10", "1"): ("p50 ≤ 65 ms (DaCHS, TAP TOP 10)", lambda r: r["p50_ms"] <= 65),
     ("SSAP cone", "1"): ("p50 ≤ 68 ms (DaCHS, SSAP cone)", lambda r: r["p50_ms"] <= 68),
+    # DaCHS was measured on these two; the rest of the TAP/SSAP/DataLink set is held to its TOP 10.
+    **{
+        (name, "1"): ("p50 ≤ 65 ms (DaCHS's TAP TOP 10)", lambda r: r["p50_ms"] <= 65)
+        for name in ("TAP TOP 100", "TAP ml_knn", "SSAP SIMILAR_TO", "DataLink {links}")
+    },
 }
 
 

@@ -59,6 +59,8 @@ class LatentModel:
         self.matching = Matching.from_dict(self.config.get("matching"))
         self._latents: np.ndarray | None = None
         self._index: LatentIndex | None = None
+        self._mapped: dict[str, np.ndarray | None] = {}
+        self._analysed: dict | None = None
 
     @property
     def latent_dim(self) -> int:
@@ -113,18 +115,32 @@ class LatentModel:
         """(n, 2) grid coverage and reconstruction error of each archive row, as ``encode`` found them."""
         return self._per_row(QUALITY_FILE)
 
+    @property
+    def latent_vars(self) -> np.ndarray:
+        """The archive's posterior variances, memory-mapped like :attr:`latents`."""
+        found = self._per_row(VAR_FILE)
+        if found is None:
+            raise FileNotFoundError(self.directory / VAR_FILE)
+        return found
+
     def _per_row(self, name: str) -> np.ndarray | None:
-        """A per-row matrix ``encode`` wrote, memory-mapped; None for versions encoded before it."""
-        path = self.directory / name
-        return np.load(path, mmap_mode="r") if path.exists() else None
+        """A per-row matrix ``encode`` wrote, memory-mapped once per instance; None for versions
+        encoded before it. (A served version's files do not change: encoding writes a new version.)"""
+        if name not in self._mapped:
+            path = self.directory / name
+            self._mapped[name] = np.load(path, mmap_mode="r") if path.exists() else None
+        return self._mapped[name]
 
     def velocity_from(self, spectrum: Spectrum, reference: Spectrum, reference_kms: float) -> Velocity | None:
         """The velocity of ``spectrum`` from an archive spectrum of velocity ``reference_kms``."""
         return against_spectrum(spectrum, reference, reference_kms, self.grid, self.matching)
 
     def _analysis(self) -> dict:
-        path = self.directory / ANALYSIS_FILE
-        return json.loads(path.read_text()) if path.exists() else {}
+        """What ``analyse`` wrote ({} before it), read once per instance."""
+        if self._analysed is None:
+            path = self.directory / ANALYSIS_FILE
+            self._analysed = json.loads(path.read_text()) if path.exists() else {}
+        return self._analysed
 
     @property
     def informative_dims(self) -> list[int]:

@@ -36,7 +36,7 @@ from flask import Blueprint, Request, Response, request
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
-from model.api import VAR_FILE, Encoded, LatentModel
+from model.api import Encoded, LatentModel
 from model.ood import OODScore
 from model.readers import iter_spectra, read_spectra
 from model.spectrum import Spectrum, SpectrumReadError
@@ -281,7 +281,7 @@ def archived_encoding(model: LatentModel, load: Callable[[], Spectrum], row: int
     Versions encoded before those figures were kept encode the spectrum again for them.
     """
     mean = np.array(model.latents[row : row + 1], dtype=np.float32)
-    var = np.array(np.load(model.directory / VAR_FILE, mmap_mode="r")[row : row + 1], np.float32)
+    var = np.array(model.latent_vars[row : row + 1], np.float32)
     quality = model.archive_quality
     if quality is None:
         fresh = model.encode_spectra([load()])
