@@ -99,21 +99,70 @@ def add_table(
     rows: Iterable[Sequence],
     name: str = "results",
 ) -> TableElement:
-    """A TABLE with these FIELDs and rows (None = null) appended to ``resource``."""
-    table = TableElement(document, name=name, config=element_config(document))
+    """A TABLE with these FIELDs and rows (None = null) appended to ``resource``.
+
+    Filled column by column (one numpy assignment each), which for a hundred rows is several times
+    faster than assigning record by record.
+    """
+    table = ResultTable(document, name=name, config=element_config(document))
     table.fields.extend(c.field(document) for c in columns)
     rows = list(rows)
     table.create_arrays(nrows=len(rows))
-    for i, row in enumerate(rows):
+    data, mask = table.array.data, table.array.mask
+    for i, column in enumerate(columns):
         values, masks = [], []
-        for column, value in zip(columns, row, strict=True):
-            missing = value is None or (isinstance(value, float) and np.isnan(value))
+        for row in rows:
+            value = row[i]
+            missing = value is None or (isinstance(value, float) and value != value)
             values.append(_default(column) if missing else value)
             masks.append(missing)
-        table.array[i] = tuple(values)
-        table.array.mask[i] = tuple(masks)
+        key = data.dtype.names[i]
+        target = data[key]
+        if target.dtype == object:  # variable-length cells: numpy must not broadcast them
+            for j, value in enumerate(values):
+                target[j] = value
+        else:
+            target[...] = np.asarray(values, dtype=target.dtype).reshape(target.shape)
+        flags = np.asarray(masks, dtype=bool)
+        mask[key] = flags.reshape(flags.shape + (1,) * (mask[key].ndim - 1))
     resource.tables.append(table)
     return table
+
+
+class ResultTable(TableElement):
+    """A TABLE whose TABLEDATA is written row by row as one string per row.
+
+    The cells are the converters' own text, exactly as astropy's Python writer writes them (its C
+    writer can overrun its buffer; see :func:`serialise`), without that writer's per-cell numpy
+    reductions and per-cell file writes, which made a hundred-row answer cost tens of milliseconds.
+    """
+
+    def _write_tabledata(self, w, **kwargs) -> None:
+        with w.tag("TABLEDATA"):
+            w._flush()
+            indent = w.get_indentation_spaces()
+            tr_start, tr_end = indent + "<TR>\n", indent + "</TR>\n"
+            td_start, td_end, td_empty = indent + " <TD>", "</TD>\n", indent + " <TD/>\n"
+            data, mask = self.array.data, self.array.mask
+            columns = []
+            for field, key in zip(self.fields, data.dtype.names, strict=True):
+                flags = mask[key]
+                empty = flags.reshape(len(flags), -1).all(axis=1) if flags.ndim > 1 else flags
+                empty = (
+                    empty.tolist() if field.converter.supports_empty_values(kwargs) else [False] * len(flags)
+                )
+                columns.append((field.converter.output, data[key], flags, empty))
+            write = w.write
+            for row in range(len(data)):
+                parts = [tr_start]
+                for output, values, flags, empty in columns:
+                    if empty[row]:
+                        parts.append(td_empty)
+                        continue
+                    text = output(values[row], flags[row])
+                    parts.append(td_start + text + td_end if text else td_empty)
+                parts.append(tr_end)
+                write("".join(parts))
 
 
 def _default(column: Column):
