@@ -1,5 +1,7 @@
 """bench/RESULTS.md from the JSON that `make bench` leaves: the pipeline on a synthetic archive
-(bench/pipeline.py) and serving it under load (bench/load.py), beside the targets at 10^6 spectra.
+(bench/pipeline.py) and serving it under load (bench/load.py), beside the targets at 10^6 spectra;
+with, where they exist, encoding part by part (bench/encode.py, encode.json) and the record of the
+fixes the profiles led to, each with its before and after figures (bench/results/fixes.md).
 
 Usage: python bench/report.py [--results bench/results] [--out bench/RESULTS.md]
 """
@@ -94,7 +96,51 @@ def report(results: Path) -> str:
         met = "" if target is None else ("yes" if target[1](run) else "**no**")
         lines.append("| " + " | ".join([*cells, target[0] if target else "", met]) + " |")
     lines += ["", f"{rss_line(load)} (target ≤ 1,536 MB).", ""]
+    lines += floors(load)
+    if (results / "encode.json").exists():
+        lines += encode_parts(json.loads((results / "encode.json").read_text()))
+    if (results / "fixes.md").exists():
+        lines += ["", (results / "fixes.md").read_text().strip(), ""]
     return "\n".join(lines)
+
+
+FLOOR = "HTTP floor (/tap/availability)"
+
+
+def floors(load: dict) -> list[str]:
+    """What every answer pays before any work: a few hundred bytes through gunicorn, Flask and TCP."""
+    floor = load["runs"].get(FLOOR)
+    if not floor:
+        return []
+    sequential = floor.get("1")
+    busiest = max(floor.values(), key=lambda run: run["requests_per_s"])
+    lines = ["## Floors", ""]
+    if sequential:
+        lines.append(
+            f"- HTTP handling alone ({FLOOR}, sequential): p50 {sequential['p50_ms']:.1f} ms, "
+            f"p99 {sequential['p99_ms']:.1f} ms."
+        )
+    lines.append(
+        f"- The most requests/s the {load['workers']} workers answer for it: {busiest['requests_per_s']:.0f} "
+        "(any endpoint's ceiling on this machine, client included)."
+    )
+    return [*lines, ""]
+
+
+def encode_parts(encode: dict) -> list[str]:
+    """Where encoding's time goes (bench/encode.py)."""
+    return [
+        f"## Encoding, part by part ({encode['n_spectra']} archive spectra, {encode['machine']})",
+        "",
+        "| part | spectra/s |",
+        "|---|---|",
+        *(f"| {part} | {rate} |" for part, rate in encode["parts_per_second"].items()),
+        f"| **all parts in one process** | **{encode['one_process_per_second']}** |",
+        "",
+        f"The model alone by batch size (encode uses {encode['encode_batch']}): "
+        + ", ".join(f"{batch}: {rate}/s" for batch, rate in encode["model_by_batch"].items()),
+        "",
+    ]
 
 
 def main() -> None:

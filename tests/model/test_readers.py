@@ -954,3 +954,31 @@ def test_iter_spectra_walks_a_big_table_in_bounded_memory(big_table: Path) -> No
     np.testing.assert_allclose(last.flux, np.linspace(1.0, 2.0, BIG_PIXELS), rtol=1e-6)
     size = big_table.stat().st_size
     assert peak < size / 10, f"{peak / 1e6:.0f} MB traced walking a {size / 1e6:.0f} MB file"
+
+
+TEXT_VARIANTS = {
+    "csv": "wavelength,flux,error\n4000.5,1.25,0.1\n4001.5,1.5,0.1\n4002.5,,0.1\n",
+    "csv-comments": "# OBJECT = HD 1\n# a note\nwave,flux\n4000,1\n4001,2\n4002,3\n",
+    "csv-quoted": '"wavelength [Angstrom]","flux"\n4000,1e-17\n4001,2e-17\n4002,3e-17\n',
+    "whitespace": "wavelength flux\n4000 1\n4001 2\n4002 3\n",
+    "tab": "wavelength\tflux\n4000\t1\n4001\t2\n4002\t3\n",
+    "headerless-csv": "4000,1\n4001,2\n4002,3\n",
+    "commented-header": "# wavelength flux\n4000 1\n4001 2\n4002 3\n",
+    "semicolon": "wavelength;flux\n4000;1\n4001;2\n4002;3\n",
+}
+
+
+@pytest.mark.parametrize("text", TEXT_VARIANTS.values(), ids=TEXT_VARIANTS)
+def test_text_tables_read_as_astropy_guesses_them(tmp_path: Path, text: str) -> None:
+    """The fast CSV path gives the table astropy's format guessing gives, or leaves it to guessing."""
+    from astropy.table import Table
+
+    from model.readers import _read_ascii
+
+    path = tmp_path / "spectrum.txt"
+    path.write_text(text)
+    fast, guessed = _read_ascii(path), Table.read(path, format="ascii")
+    assert fast.colnames == guessed.colnames
+    for name in fast.colnames:
+        np.testing.assert_array_equal(np.ma.filled(fast[name], -1), np.ma.filled(guessed[name], -1))
+    assert fast.meta == guessed.meta
