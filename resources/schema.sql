@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS spectrum (
 );
 CREATE INDEX IF NOT EXISTS spectrum_collection ON spectrum (obs_collection);
 CREATE INDEX IF NOT EXISTS spectrum_source ON spectrum (source_path, source_index);
-CREATE INDEX IF NOT EXISTS spectrum_dec ON spectrum (s_dec);
+-- Cone searches narrow by declination and right ascension from the index alone, no row read.
+DROP INDEX IF EXISTS spectrum_dec;
+CREATE INDEX IF NOT EXISTS spectrum_sky ON spectrum (s_dec, s_ra);
 
 -- ObsCore 1.1 view (described in resources/tables/ivoa.toml, which TAP_SCHEMA is made from).
 -- access_url points at DataLink under the configured public base URL, with the DID

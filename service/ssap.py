@@ -39,6 +39,7 @@ from service.datalink import links_descriptor
 from service.errors import DALIError, NotFoundError, TransientError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
+from service.tap.geometry import ra_ranges
 from service.votable import (
     VOTABLE_MIME,
     Column,
@@ -441,8 +442,14 @@ def conditions(q: SSAQuery, distances: dict[str, float] | None) -> tuple[list[st
     args: list[Any] = []
     if q.pos is not None:
         ra, dec = q.pos
-        where.append("s.s_dec BETWEEN ? AND ? AND latentvo_ssa_sep(s.s_ra, s.s_dec, ?, ?) <= ?")
-        args += [dec - q.radius, dec + q.radius, ra, dec, q.radius]
+        where.append("s.s_dec BETWEEN ? AND ?")
+        args += [dec - q.radius, dec + q.radius]
+        ranges = ra_ranges(ra, dec, q.radius)  # the cone's box first, from the (s_dec, s_ra) index
+        if ranges is not None:
+            where.append("(" + " OR ".join(["s.s_ra BETWEEN ? AND ?"] * len(ranges)) + ")")
+            args += [bound for interval in ranges for bound in interval]
+        where.append("latentvo_ssa_sep(s.s_ra, s.s_dec, ?, ?) <= ?")
+        args += [ra, dec, q.radius]
     if q.bands:
         parts = []
         for low, high in q.bands:

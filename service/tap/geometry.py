@@ -261,6 +261,25 @@ def separation(a: Point, b: Point) -> float:
     return _angle(a.vector, b.vector)
 
 
+def ra_ranges(ra: float, dec: float, radius: float) -> list[tuple[float, float]] | None:
+    """Right-ascension intervals (degrees, within [0, 360]) that hold every point within ``radius``
+    of (ra, dec): one, or two where the cone crosses RA 0. None when the cone reaches a pole, so every
+    RA qualifies. With a declination band this is the cone's bounding box, for an index to narrow.
+    """
+    if abs(dec) + radius >= 90.0 or radius >= 90.0:
+        return None
+    half = math.degrees(math.asin(min(1.0, math.sin(math.radians(radius)) / math.cos(math.radians(dec)))))
+    half = min(half * (1 + 1e-9) + 1e-9, 180.0)  # a hair wider: the box must never cut the cone
+    low, high = (ra % 360.0) - half, (ra % 360.0) + half
+    if high - low >= 360.0:
+        return None
+    if low < 0.0:
+        return [(low + 360.0, 360.0), (0.0, high)]
+    if high > 360.0:
+        return [(low, 360.0), (0.0, high - 360.0)]
+    return [(low, high)]
+
+
 # -- text form ----------------------------------------------------------------------------
 
 
