@@ -1,7 +1,8 @@
 """bench/RESULTS.md from the JSON that `make bench` leaves: the pipeline on a synthetic archive
 (bench/pipeline.py) and serving it under load (bench/load.py), beside the targets at 10^6 spectra;
-with, where they exist, encoding part by part (bench/encode.py, encode.json) and the record of the
-fixes the profiles led to, each with its before and after figures (bench/results/fixes.md).
+with, where they exist, encoding part by part (bench/encode.py, encode.json), the index against N
+(bench/index_scale.py) and the record of the fixes the profiles led to, each with its before and
+after figures (bench/results/fixes.md).
 
 Usage: python bench/report.py [--results bench/results] [--out bench/RESULTS.md]
 """
@@ -99,6 +100,8 @@ def report(results: Path) -> str:
     lines += floors(load)
     if (results / "encode.json").exists():
         lines += encode_parts(json.loads((results / "encode.json").read_text()))
+    if (results / "index_scale.md").exists():
+        lines += ["", "#" + (results / "index_scale.md").read_text().strip(), ""]
     if (results / "fixes.md").exists():
         lines += ["", (results / "fixes.md").read_text().strip(), ""]
     return "\n".join(lines)
