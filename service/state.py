@@ -2,11 +2,14 @@
 
 The model version in service (``ml_model.is_current``) is checked on every request and
 reloaded when ``latentvo index`` has swapped in a new one, so a new version goes live
-without a restart; latents and index are memory-mapped, so workers share one copy.
+without a restart; latents and index are memory-mapped, so workers share one copy. What a load
+leaves alive (the model, the DID lookup, every imported module) is frozen out of the cyclic garbage
+collector: its full collections scanned all of it and held a request for 160 ms at 10^6 spectra.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +73,12 @@ class ServiceState:
         with self._lock:
             if self._served is None or self._served.version != record["model_version"]:
                 version = record["model_version"]
+                gc.unfreeze()  # the version replaced may leave cycles for the collector to free
                 model = LatentModel(archive.model_dir(version))
                 dids = archive.latent_dids(version)
                 self._served = ServedModel(version, model, dids, {d: i for i, d in enumerate(dids)}, record)
+                gc.collect()
+                gc.freeze()
             return self._served
 
 
