@@ -605,4 +605,5 @@ def test_what_a_model_load_leaves_is_kept_out_of_full_collections(client, dids):
     frozen = gc.get_freeze_count()
     assert frozen > 10_000
     assert client.get("/similar", query_string={"ID": dids[1], "K": 3}).status_code == 200
-    assert gc.get_freeze_count() == frozen  # the same version: nothing reloaded, nothing more frozen
+    # The same version: nothing reloaded or frozen again (frozen objects freed by refcount drop out).
+    assert frozen - 1000 < gc.get_freeze_count() <= frozen
