@@ -445,8 +445,9 @@ def conditions(q: SSAQuery, distances: dict[str, float] | None) -> tuple[list[st
         where.append("s.s_dec BETWEEN ? AND ?")
         args += [dec - q.radius, dec + q.radius]
         ranges = ra_ranges(ra, dec, q.radius)  # the cone's box first, from the (s_dec, s_ra) index
-        if ranges is not None:
-            where.append("(" + " OR ".join(["s.s_ra BETWEEN ? AND ?"] * len(ranges)) + ")")
+        if ranges is not None:  # an RA outside [0, 360] is left to the exact distance
+            boxes = ["s.s_ra BETWEEN ? AND ?"] * len(ranges) + ["s.s_ra NOT BETWEEN 0 AND 360"]
+            where.append("(" + " OR ".join(boxes) + ")")
             args += [bound for interval in ranges for bound in interval]
         where.append("latentvo_ssa_sep(s.s_ra, s.s_dec, ?, ?) <= ?")
         args += [ra, dec, q.radius]

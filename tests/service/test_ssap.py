@@ -483,3 +483,19 @@ def test_availability_reports_the_model_in_service(live_server):
     assert root.find(f"{ns}available").text == "true"
     assert "model version" in root.find(f"{ns}note").text
     assert requests.post(f"{live_server.url}/ssa/availability", timeout=30).status_code == 405
+
+
+def test_cone_conditions_keep_every_spectrum_within_the_radius_whatever_its_ra_form():
+    """The RA box narrows the cone but never drops a spectrum inside it: across RA 0, and for an RA
+    written outside [0, 360] (-0.2 is 359.8)."""
+    import sqlite3
+
+    connection = sqlite3.connect(":memory:")
+    connection.create_function("latentvo_ssa_sep", 4, ssap.separation, deterministic=True)
+    connection.execute("CREATE TABLE spectrum (name TEXT, s_ra REAL, s_dec REAL)")
+    positions = {"minus": (-0.2, 0.1), "wrap": (359.95, 0.0), "east": (0.3, -0.2), "far": (10.0, 0.0)}
+    positions |= {"high": (360.2, 0.0), "north": (359.9, 0.7), "none": (None, 0.0)}
+    connection.executemany("INSERT INTO spectrum VALUES (?, ?, ?)", [(k, *v) for k, v in positions.items()])
+    where, args = ssap.conditions(ssap.SSAQuery(pos=(359.9, 0.0), radius=0.5), None)
+    found = connection.execute(f"SELECT name FROM spectrum AS s WHERE {' AND '.join(where)}", args)
+    assert sorted(r[0] for r in found) == ["east", "high", "minus", "wrap"]
