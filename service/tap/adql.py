@@ -404,6 +404,10 @@ def _call(name: str, *args: exp.Expression) -> exp.Anonymous:
     return exp.Anonymous(this=name, expressions=list(args))
 
 
+def _literal(value: float) -> exp.Literal:
+    return exp.Literal.number(repr(float(value)))
+
+
 def _number(node: exp.Expression | None) -> float | None:
     """The value of a numeric literal (negative and parenthesised ones too), else None."""
     if isinstance(node, exp.Paren):
@@ -657,8 +661,8 @@ class _Translator:
         if node.args.get("where"):
             condition = node.args["where"].this
             translated, _ = self.expr(condition, scope)
-            for bound in self._cone_bounds(condition, scope):
-                translated = exp.And(this=_paren(translated), expression=bound)
+            for bound in reversed(self._cone_bounds(condition, scope)):  # the boxes first: cheap tests
+                translated = exp.And(this=bound, expression=_paren(translated))
             new.set("where", exp.Where(this=translated))
         if node.args.get("group"):
             group = [self.expr(e, scope, outputs)[0] for e in node.args["group"].expressions]
@@ -1108,18 +1112,30 @@ class _Translator:
         return _call("adql_in_circle", *[sub(a)[0] for a in (*point, *circle)])
 
     def _cone_bounds(self, condition: exp.Expression, scope: _Scope) -> list[exp.Expression]:
-        """``lat BETWEEN b - r AND b + r`` per literal cone in a top-level AND, so a lat index helps."""
+        """The box of each literal cone in a top-level AND, so an index on (lat, lon) narrows it:
+        ``lat BETWEEN b - r AND b + r`` and the RA intervals of :func:`geometry.ra_ranges` (a longitude
+        written outside [0, 360] is left to the exact test)."""
         bounds = []
         for term in _conjuncts(condition):
             cone = _cone(term)
             if cone is None:
                 continue
-            column, center, radius = cone
-            if not (math.isfinite(center) and math.isfinite(radius)) or radius >= 180:
+            if not (math.isfinite(cone.lat) and math.isfinite(cone.radius)) or cone.radius >= 180:
                 continue  # the whole sky, or no number: no range helps
-            translated, _ = self.expr(column, scope)
-            low, high = exp.Literal.number(repr(center - radius)), exp.Literal.number(repr(center + radius))
-            bounds.append(exp.Between(this=translated, low=low, high=high))
+            lat, _ = self.expr(cone.lat_column, scope)
+            low, high = cone.lat - cone.radius, cone.lat + cone.radius
+            bounds.append(exp.Between(this=lat, low=_literal(low), high=_literal(high)))
+            if cone.lon_column is None or cone.lon is None or not math.isfinite(cone.lon):
+                continue
+            ranges = geometry.ra_ranges(cone.lon, cone.lat, cone.radius)
+            if ranges is None:
+                continue
+            lon, _ = self.expr(cone.lon_column, scope)
+            boxes: list[exp.Expression] = [
+                exp.Between(this=lon.copy(), low=_literal(a), high=_literal(b)) for a, b in ranges
+            ]
+            boxes.append(exp.Not(this=exp.Between(this=lon.copy(), low=_literal(0.0), high=_literal(360.0))))
+            bounds.append(exp.Paren(this=exp.or_(*boxes)))
         return bounds
 
     def _in_unit(self, args: list[exp.Expression], sub) -> tuple[exp.Expression, _Kind]:
@@ -1283,9 +1299,20 @@ def _conjuncts(node: exp.Expression):
         yield node
 
 
-def _cone(term: exp.Expression) -> tuple[exp.Column, float, float] | None:
-    """(latitude column, centre latitude, radius) of ``1 = CONTAINS(POINT(ra, dec), CIRCLE(…))`` or
-    ``DISTANCE(POINT(ra, dec), POINT(a, b)) < r`` with literal centre and radius."""
+@dataclass(frozen=True)
+class _Cone:
+    """A cone with literal centre and radius over a latitude column (and a longitude column, if any)."""
+
+    lat_column: exp.Column
+    lat: float
+    radius: float
+    lon_column: exp.Column | None
+    lon: float | None
+
+
+def _cone(term: exp.Expression) -> _Cone | None:
+    """The cone of ``1 = CONTAINS(POINT(ra, dec), CIRCLE(…))`` or ``DISTANCE(POINT(ra, dec),
+    POINT(a, b)) < r`` with literal centre and radius."""
     pairs: list[tuple[exp.Expression, exp.Expression]] = []
     if isinstance(term, exp.EQ):
         pairs = [(term.this, term.expression), (term.expression, term.this)]
@@ -1296,7 +1323,8 @@ def _cone(term: exp.Expression) -> tuple[exp.Column, float, float] | None:
                 if point and circle and isinstance(point[1], exp.Column):
                     center, radius = _number(circle[1]), _number(circle[2])
                     if center is not None and radius is not None and _number(circle[0]) is not None:
-                        return point[1], center, radius
+                        lon = point[0] if isinstance(point[0], exp.Column) else None
+                        return _Cone(point[1], center, radius, lon, _number(circle[0]))
         return None
     if isinstance(term, exp.LT | exp.LTE):
         distance, limit = term.this, term.expression
@@ -1315,10 +1343,11 @@ def _cone(term: exp.Expression) -> tuple[exp.Column, float, float] | None:
         args = [c for p in points for c in p]  # type: ignore[union-attr]
     if len(args) != 4:
         return None
-    for column, literal in ((args[1], args[3]), (args[3], args[1])):
-        center = _number(literal)
-        if isinstance(column, exp.Column) and center is not None:
-            return column, center, radius
+    for lon_column, lat_column, lon, lat in ((*args[:2], *args[2:]), (*args[2:], *args[:2])):
+        center = _number(lat)
+        if isinstance(lat_column, exp.Column) and center is not None:
+            column = lon_column if isinstance(lon_column, exp.Column) else None
+            return _Cone(lat_column, center, radius, column, _number(lon))
     return None
 
 

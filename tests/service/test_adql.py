@@ -687,3 +687,56 @@ def test_ra_ranges_hold_every_point_of_the_cone():
                 assert any(low <= lon <= high for low, high in ranges), (ra, dec, radius, lon, lat)
         assert inside > 500
     assert ra_ranges(10, 0, 1) == [pytest.approx((9, 11), abs=1e-6)]
+
+
+def test_cones_find_every_row_within_the_radius_across_ra_0_and_odd_ra_forms(tmp_path):
+    """The box added to a cone (declination band and RA intervals) never drops a row inside it: rows
+    on both sides of RA 0, with RA written as -0.2 or 360.2, near a pole, against astropy."""
+    archive = Archive(tmp_path)
+    places = [(-0.2, 0.1), (359.95, 0.0), (0.3, -0.2), (10.0, 0.0), (360.2, 0.0), (359.9, 0.7)]
+    places += [(45.0, 89.6), (225.0, 89.7), (0.0, 45.0), (359.0, 45.2)]
+    archive.upsert_spectra(
+        [
+            {
+                "obs_publisher_did": f"ivo://x/~?test/{i}",
+                "obs_id": str(i),
+                "obs_collection": "test",
+                "s_ra": ra,
+                "s_dec": dec,
+                "em_min": 4e-7,
+                "em_max": 7e-7,
+                "em_xel": 100,
+                "medium": "vacuum",
+                "source_path": "x.fits",
+                "source_format": "fits",
+                "source_index": i,
+                "source_sha256": "0",
+                "ingested_at": "2024-01-01T00:00:00",
+            }
+            for i, (ra, dec) in enumerate(places)
+        ]  # fmt: skip
+    )
+    register_functions(archive.conn)
+    tables = load_tableset(latent_dim=2)
+    coords = SkyCoord([p[0] for p in places] * u.deg, [p[1] for p in places] * u.deg)
+    for ra, dec, radius in [
+        (359.9, 0.0, 0.5),
+        (0.0, 0.0, 0.5),
+        (-0.1, 0.0, 0.4),
+        (100, 89.5, 0.8),
+        (0.5, 45, 1),
+    ]:
+        expected = sorted(
+            str(i)
+            for i, s in enumerate(coords.separation(SkyCoord(ra * u.deg, dec * u.deg)).deg)
+            if s <= radius
+        )
+        for where in (
+            f"1 = CONTAINS(POINT(s_ra, s_dec), CIRCLE({ra}, {dec}, {radius}))",
+            f"DISTANCE(POINT(s_ra, s_dec), POINT({ra}, {dec})) <= {radius}",
+        ):
+            query = f"SELECT obs_id FROM ivoa.obscore WHERE {where}"
+            sql = translate(query, tables, 100).sql
+            assert sorted(r[0] for r in archive.conn.execute(sql)) == expected, (query, sql)
+        assert expected, "every cone holds a row"
+    archive.close()
