@@ -109,7 +109,7 @@ def spectrum_row(
         "obs_id": safe_key(spectrum.identifier),
         "obs_collection": collection,
         "target_name": spectrum.target_name or None,
-        "s_ra": spectrum.ra,
+        "s_ra": None if spectrum.ra is None else float(spectrum.ra) % 360.0,  # ObsCore: [0, 360)
         "s_dec": spectrum.dec,
         "t_min": mjd,
         "t_max": mjd + spectrum.exptime / 86400 if mjd is not None and spectrum.exptime else mjd,

@@ -182,3 +182,16 @@ def test_analysis_on_a_sample_of_a_larger_archive(built):
         "SELECT COUNT(*) FROM ml_latent WHERE model_version = ? AND anomaly_score IS NOT NULL", (version,)
     ).fetchone()[0]
     assert scored == 200
+
+
+@pytest.mark.parametrize(
+    ("ra", "stored"), [(-10.0, 350.0), (360.0, 0.0), (725.5, 5.5), (12.25, 12.25), (None, None)]
+)
+def test_ingest_stores_right_ascension_in_the_obscore_range(tmp_path, ra, stored):
+    """s_ra is in [0, 360) whatever form the file gave (ObsCore; cone boxes rely on it)."""
+    from model.spectrum import Spectrum
+
+    wave = np.linspace(4000.0, 5000.0, 50)
+    spectrum = Spectrum(wave, np.ones(50), identifier="s1", ra=ra, dec=10.0, source=str(tmp_path / "s1.fits"))
+    row = pipeline.spectrum_row(Archive(tmp_path / "archive"), spectrum, "test", "0", {})
+    assert row["s_ra"] == (pytest.approx(stored) if stored is not None else None)
