@@ -52,7 +52,7 @@ def grown(latents: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     spread = latents.std(axis=0) * 0.01
     extra = latents[rng.integers(0, len(latents), n - len(latents))]
     extra = extra + rng.normal(size=extra.shape).astype(np.float32) * spread
-    return np.concatenate([latents, extra.astype(np.float32)])
+    return np.concatenate([latents, extra.astype(np.float32, copy=False)])
 
 
 def measure(latents: np.ndarray, dims: list[int], section: dict, n: int, work: Path) -> dict:

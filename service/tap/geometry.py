@@ -266,13 +266,11 @@ def ra_ranges(ra: float, dec: float, radius: float) -> list[tuple[float, float]]
     of (ra, dec): one, or two where the cone crosses RA 0. None when the cone reaches a pole, so every
     RA qualifies. With a declination band this is the cone's bounding box, for an index to narrow.
     """
-    if abs(dec) + radius >= 90.0 or radius >= 90.0:
+    if abs(dec) + radius >= 90.0:
         return None
     half = math.degrees(math.asin(min(1.0, math.sin(math.radians(radius)) / math.cos(math.radians(dec)))))
-    half = min(half * (1 + 1e-9) + 1e-9, 180.0)  # a hair wider: the box must never cut the cone
+    half = half * (1 + 1e-9) + 1e-9  # a hair wider: the box must never cut the cone (half < 90 here)
     low, high = (ra % 360.0) - half, (ra % 360.0) + half
-    if high - low >= 360.0:
-        return None
     if low < 0.0:
         return [(low + 360.0, 360.0), (0.0, high)]
     if high > 360.0:
