@@ -63,7 +63,7 @@ def main() -> None:
         return [spectrum for _, spectrum in islice(load_spectra(rows), n)]
 
     spectra = read()
-    flux, good, _ = prepare_many(spectra, model.grid, model.matching)
+    flux, good, *_ = prepare_many(spectra, model.grid, model.matching)
     encoded = model.encode_arrays(flux, good)
     result = {
         "n_spectra": n,

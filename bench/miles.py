@@ -163,8 +163,8 @@ def main() -> None:
     parser.add_argument(
         "--instrument",
         action="store_true",
-        help="train for other instruments' uploads as the demo does: continuum normalisation, "
-        "instrument augmentation, velocities anchored to the rv labels",
+        help="train for other instruments' uploads as the demo does: continuum normalisation with the "
+        "continuum channels, instrument augmentation, velocities anchored to the rv labels",
     )
     parser.add_argument("--work", default=REPO / "var" / "bench-miles")
     parser.add_argument("--out", default=REPO / "bench" / "results")
@@ -187,7 +187,7 @@ def main() -> None:
     grid_overrides = {"n_pixels": args.n_pixels}
     if args.instrument:
         grid_overrides |= {"normalise": "continuum", "resolving_power": 2000.0}
-        model_overrides |= {"augment_instrument": True, "velocity_frame": "labels"}
+        model_overrides |= {"augment_instrument": True, "velocity_frame": "labels", "continuum_channel": True}
     config = load_config(
         environ={},
         overrides={
@@ -234,7 +234,7 @@ def main() -> None:
     spectra = pipeline.read_rows([by_did[d] for d in dids])
     from model.preprocess import prepare_many
 
-    flux, good, _ = prepare_many(spectra, model.grid, model.matching)
+    flux, good, *_ = prepare_many(spectra, model.grid, model.matching)
     pca, _ = analysis.pca_baseline(flux, args.latent_dim, mask=~good)
     similarity = model.similarity_dims
     spaces = {
@@ -270,6 +270,7 @@ def main() -> None:
         "kl_weight": config["model"]["kl_weight"],
         "matching": model.matching.to_dict(),
         "augment_instrument": bool(config["model"]["augment_instrument"]),
+        "continuum_channel": bool(config["model"]["continuum_channel"]),
         "epochs_run": json.loads(model_row["metrics"])["epochs_run"],
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "total_s": round(time.perf_counter() - started, 1),
@@ -297,7 +298,8 @@ def markdown(r: dict) -> str:
         "",
         f"grid {r['grid']['n_pixels']} px {r['grid']['wave_min']:.1f}–{r['grid']['wave_max']:.1f} Å; "
         f"latent {r['latent_dim']}, β={r['kl_weight']}, {r['epochs_run']} epochs; timings {r['timings_s']}; "
-        f"matching {r.get('matching')}, instrument augmentation {r.get('augment_instrument', False)}",
+        f"matching {r.get('matching')}, instrument augmentation {r.get('augment_instrument', False)}, "
+        f"continuum channels {r.get('continuum_channel', False)}",
         f"reconstruction RMSE (median, normalised flux): {r['recon_rmse_median']:.4f}; "
         f"validation RMSE {r['val_rmse']:.4f}; recall@10 {r['recall_at_10']:.4f}",
         f"informative dimensions: {r['informative_dims']}; similarity dimensions: {r['similarity_dims']}",

@@ -29,6 +29,11 @@ ANALYSIS_FILE = "analysis.json"
 VELOCITY_FILE = "velocity.npy"
 #: (n, 2) coverage of the grid and reconstruction error of each archive row (written by encode).
 QUALITY_FILE = "quality.npy"
+#: (1,) the largest continuum mismatch an upload may have and still be compared with its continuum
+#: (written by ``latentvo index`` for continuum models).
+CONTINUUM_TOLERANCE_FILE = "continuum_tolerance.npy"
+#: The percentile of the archive's own mismatches that sets that tolerance.
+CONTINUUM_PERCENTILE = 95.0
 #: Spectra per forward pass on CPU: the decoder's activations (~64 kB each at 1024 pixels) stay in
 #: cache up to about that and throughput falls beyond (bench/encode.py).
 ENCODE_BATCH = 64
@@ -45,6 +50,22 @@ class Encoded:
     line_signal: np.ndarray | None = None  # (n,) lines and bands beyond the noise (model.ood.line_signal)
     #: (n, pixels) the reconstructions at rest (z0 = 0), the templates the model's velocity is measured on.
     rest: np.ndarray | None = None
+    #: (n,) bool: whether the encoder was shown each spectrum's continuum (continuum models only).
+    continuum_used: np.ndarray | None = None
+    #: (n,) RMS (natural log) between each spectrum's log continuum and the one the model expects of
+    #: it, after a constant; NaN where not measured (see LatentModel.encode_spectra).
+    continuum_mismatch: np.ndarray | None = None
+
+
+def continuum_mismatch(measured: np.ndarray, expected: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """RMS (natural log) of measured − expected log continua (n, p) over good pixels, after removing
+    each spectrum's mean difference (a flux scale is no calibration error); NaN with no good pixel."""
+    usable = good & np.isfinite(measured) & np.isfinite(expected)
+    difference = np.where(usable, np.nan_to_num(measured) - expected, 0.0)
+    count = usable.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centred = difference - (difference.sum(axis=1) / count)[:, None]
+        return np.sqrt((np.where(usable, centred, 0.0) ** 2).sum(axis=1) / count)
 
 
 class LatentModel:
@@ -81,6 +102,21 @@ class LatentModel:
     @property
     def velocity_scale_kms(self) -> float:
         return float(self.vae.config.velocity_scale_kms)
+
+    @property
+    def continuum_channel(self) -> bool:
+        """Whether the encoder takes the log continuum as well (model/vae.py)."""
+        return bool(self.vae.config.continuum_channel)
+
+    @property
+    def continuum_tolerance(self) -> float:
+        """Largest RMS (natural log) by which an upload's continuum may differ from the expected one
+        and still be shown to the encoder: what ``latentvo index`` measured on the archive's own
+        spectra, else the configured ``continuum_tolerance``."""
+        found = self._per_row(CONTINUUM_TOLERANCE_FILE)
+        if found is not None:
+            return float(found[0])
+        return float(self.config.get("train", {}).get("continuum_tolerance", 0.08))
 
     @property
     def velocity_frame(self) -> str:
@@ -172,10 +208,16 @@ class LatentModel:
 
     @torch.inference_mode()
     def encode_arrays(
-        self, flux: np.ndarray, good: np.ndarray, batch_size: int = ENCODE_BATCH, ood: bool = False
+        self,
+        flux: np.ndarray,
+        good: np.ndarray,
+        batch_size: int = ENCODE_BATCH,
+        ood: bool = False,
+        log_continuum: np.ndarray | None = None,
     ) -> Encoded:
         """Encode spectra already on the grid; returns posterior means, variances, reconstruction error
-        and the reconstructions at rest."""
+        and the reconstructions at rest. ``log_continuum`` (n, p), NaN where withheld, feeds a
+        continuum model's continuum channels (None: withheld from all)."""
         n = len(flux)
         mean = np.empty((n, self.latent_dim), np.float32)
         var = np.empty((n, self.latent_dim), np.float32)
@@ -186,7 +228,12 @@ class LatentModel:
         for start in range(0, n, batch_size):
             x = torch.as_tensor(np.asarray(flux[start : start + batch_size], np.float32), device=self.device)
             m = torch.as_tensor(np.asarray(good[start : start + batch_size], bool), device=self.device)
-            mu, logvar = self.vae.encode(x, m)
+            c = None
+            if log_continuum is not None and self.continuum_channel:
+                c = torch.as_tensor(
+                    np.asarray(log_continuum[start : start + batch_size], np.float32), device=self.device
+                )
+            mu, logvar = self.vae.encode(x, m, c)
             at_rest = self.vae.decode_rest(mu)
             recon = self.vae.to_observed(at_rest, mu)
             mf = m.float()
@@ -202,12 +249,51 @@ class LatentModel:
                 signal[start:stop] = line_signal(flux_np, good_np)
         return Encoded(mean, var, err, structured=structured, line_signal=signal, rest=rest)
 
-    def encode_spectra(self, spectra: Sequence[Spectrum], ood: bool = False) -> Encoded:
-        """Resample spectra from any grid onto the model's, then encode them."""
-        flux, good, coverage = prepare_many(spectra, self.grid, self.matching)
-        encoded = self.encode_arrays(flux, good, ood=ood)
-        encoded.coverage = coverage
+    def encode_spectra(
+        self, spectra: Sequence[Spectrum], ood: bool = False, continuum: str = "given"
+    ) -> Encoded:
+        """Resample spectra from any grid onto the model's, then encode them.
+
+        ``continuum`` says what a continuum model sees of each spectrum's continuum: "given" (the
+        archive's own spectra, calibrated as the training set was), "withheld", or "checked" (an
+        upload): encoded without it first, then again with it where it agrees with the continuum
+        the model expects of the spectrum to within :attr:`continuum_tolerance` - a shared flux
+        calibration, which the archive's continua can then be compared with.
+        """
+        if continuum not in ("given", "withheld", "checked"):
+            raise ValueError(f"continuum must be given, withheld or checked, not {continuum!r}")
+        on_grid = prepare_many(spectra, self.grid, self.matching)
+        shown = on_grid.log_continuum if continuum == "given" else None
+        encoded = self.encode_arrays(on_grid.flux, on_grid.good, ood=ood, log_continuum=shown)
+        encoded.coverage = on_grid.coverage
+        if self.continuum_channel:
+            encoded.continuum_used = np.full(len(spectra), continuum == "given")
+            if continuum == "checked":
+                self._check_continua(encoded, on_grid, ood)
         return encoded
+
+    def _check_continua(self, encoded: Encoded, on_grid, ood: bool) -> None:
+        """Re-encode, with their continuum shown, the spectra whose continuum is the expected one."""
+        expected = self.continua(encoded.mean)
+        mismatch = continuum_mismatch(on_grid.log_continuum, expected, on_grid.good)
+        encoded.continuum_mismatch = mismatch
+        agree = np.flatnonzero(mismatch <= self.continuum_tolerance)
+        if not len(agree):
+            return
+        again = self.encode_arrays(
+            on_grid.flux[agree], on_grid.good[agree], ood=ood, log_continuum=on_grid.log_continuum[agree]
+        )
+        for name in ("mean", "var", "recon_error", "structured", "line_signal", "rest"):
+            target = getattr(encoded, name)
+            if target is not None:
+                target[agree] = getattr(again, name)
+        encoded.continuum_used[agree] = True
+
+    @torch.no_grad()
+    def continua(self, z: np.ndarray) -> np.ndarray:
+        """The log continua (n, pixels) a continuum model decodes for latent vectors z."""
+        z = np.atleast_2d(np.asarray(z, np.float32))
+        return self.vae.decode_continuum(torch.as_tensor(z, device=self.device)).cpu().numpy()
 
     @torch.no_grad()
     def reconstruct(self, z: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -129,6 +130,9 @@ class Prepared:
     coverage: float  # fraction of the grid with good data
     #: float32 (n_pixels,): σ of the normalised flux per pixel, NaN where unknown or masked.
     noise: np.ndarray | None = None
+    #: float32 (n_pixels,): ln(pseudo-continuum / its median), what continuum normalisation divided
+    #: out; NaN where masked, and everywhere under median normalisation (no continuum measured).
+    log_continuum: np.ndarray | None = None
 
 
 def prepare(
@@ -161,9 +165,13 @@ def prepare(
     wave = wave * (1.0 + rv_kms / C_KMS)
     flux, bad_fraction, variance = _rebin(wave, source_flux, source_bad, grid.edges, variance)
     good = bad_fraction <= MAX_BAD_FRACTION
+    log_continuum = np.full(flux.shape, np.nan, np.float32)
     if matching.normalise == "continuum":
         continuum = pseudo_continuum(flux, good, grid.velocity_step_kms)
         flux, scale = flux / continuum, float(np.median(continuum[good])) if good.any() else 1.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shape = np.log(continuum / scale)
+        log_continuum = np.where(good & np.isfinite(shape), shape, np.nan).astype(np.float32)
     else:
         flux, scale = _normalise(flux, good)
         continuum = np.full(flux.shape, scale)
@@ -175,18 +183,37 @@ def prepare(
         noise = np.hypot(np.nan_to_num(noise, nan=0.0), 1.0 / snr)
     flux = np.where(good, flux, 0.0).astype(np.float32)
     noise = np.where(good, noise, np.nan).astype(np.float32) if with_noise else None
-    return Prepared(flux=flux, good=good, scale=scale, coverage=float(good.mean()), noise=noise)
+    return Prepared(
+        flux=flux,
+        good=good,
+        scale=scale,
+        coverage=float(good.mean()),
+        noise=noise,
+        log_continuum=log_continuum,
+    )
 
 
-def prepare_many(
-    spectra: Sequence[Spectrum], grid: Grid, matching: Matching = Matching()
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stack :func:`prepare` over spectra: flux (n, p) float32, good (n, p) bool, coverage (n,)."""
+class OnGrid(NamedTuple):
+    """Spectra stacked on the grid: flux (n, p) float32, good (n, p) bool, coverage (n,), and
+    log_continuum (n, p) float32 (see :attr:`Prepared.log_continuum`)."""
+
+    flux: np.ndarray
+    good: np.ndarray
+    coverage: np.ndarray
+    log_continuum: np.ndarray
+
+
+def prepare_many(spectra: Sequence[Spectrum], grid: Grid, matching: Matching = Matching()) -> OnGrid:
+    """Stack :func:`prepare` over spectra."""
     prepared = [prepare(s, grid, with_noise=False, matching=matching) for s in spectra]
-    return (
-        np.stack([p.flux for p in prepared]) if prepared else np.zeros((0, grid.n_pixels), np.float32),
-        np.stack([p.good for p in prepared]) if prepared else np.zeros((0, grid.n_pixels), bool),
+    if not prepared:
+        empty = np.zeros((0, grid.n_pixels), np.float32)
+        return OnGrid(empty, np.zeros((0, grid.n_pixels), bool), np.zeros(0), empty.copy())
+    return OnGrid(
+        np.stack([p.flux for p in prepared]),
+        np.stack([p.good for p in prepared]),
         np.array([p.coverage for p in prepared]),
+        np.stack([p.log_continuum for p in prepared]),
     )
 
 
@@ -319,6 +346,7 @@ class Augmented:
     rv_added: np.ndarray  # (n,) km/s injected (0 for originals)
     snr: np.ndarray  # (n,) injected S/N (NaN for originals)
     noise: np.ndarray  # (n, p) float32 σ per pixel, NaN where unknown (see Prepared.noise)
+    log_continuum: np.ndarray  # (n, p) float32 (see Prepared.log_continuum)
 
 
 def prepare_augmented(
@@ -338,7 +366,7 @@ def prepare_augmented(
     copies clean (instrument augmentation adds noise to the inputs during training instead).
     """
     rng = np.random.default_rng(seed)
-    flux, good, noise, groups, rv, snr = [], [], [], [], [], []
+    flux, good, noise, continuum, groups, rv, snr = [], [], [], [], [], [], []
     for i, spectrum in enumerate(spectra):
         variants = [(0.0, None)] + [
             (
@@ -352,6 +380,7 @@ def prepare_augmented(
             flux.append(p.flux)
             good.append(p.good)
             noise.append(p.noise)
+            continuum.append(p.log_continuum)
             groups.append(i)
             rv.append(rv_kms)
             snr.append(np.nan if s is None else s)
@@ -362,4 +391,5 @@ def prepare_augmented(
         np.array(rv),
         np.array(snr, dtype=float),
         np.stack(noise),
+        np.stack(continuum),
     )

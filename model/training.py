@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model.augment import InstrumentAugmentation, degrade
+from model.augment import InstrumentAugmentation, degrade, response_curves
 from model.vae import SpectrumVAE, VAEConfig, doppler_shift, kl_divergence, masked_gaussian_nll
 
 #: Tolerances of the equivariance term, in latent units: z0 to 0.05 (5 km/s at the default
@@ -65,6 +65,19 @@ class TrainConfig:
     #: is known (``rv_anchor``), z0 must give it, to Z0_TOLERANCE. Without an anchor z0 is only
     #: defined up to a constant (the decoder can move its rest-frame template).
     velocity_anchor_weight: float = 1.0
+    #: Continuum channels (model/vae.py): the encoder also sees the log pseudo-continuum, withheld
+    #: from a random ``continuum_dropout`` of each batch (as from an upload with another flux
+    #: calibration) and, where given, moved by a residual response of log-RMS ``continuum_jitter``
+    #: (calibrations of one instrument differ a little); the decoder must give the continuum back,
+    #: weighed with σ = ``continuum_sigma`` (natural log).
+    continuum_channel: bool = False
+    continuum_dropout: float = 0.5
+    continuum_jitter: float = 0.02
+    continuum_sigma: float = 0.02
+    #: When serving: an upload's continuum is shown to the encoder only when it differs from the
+    #: one the model expects of the spectrum by at most this RMS (natural log), i.e. when the
+    #: upload shares the archive's flux calibration (model/api.py).
+    continuum_tolerance: float = 0.08
     device: str = "auto"
 
     @property
@@ -136,6 +149,7 @@ def train(
     noise: np.ndarray | None = None,
     rv_anchor: np.ndarray | None = None,
     resolving_power: float = 0.0,
+    log_continuum: np.ndarray | None = None,
 ) -> TrainResult:
     """Fit a :class:`SpectrumVAE` to ``flux`` (n, p) with good-pixel mask ``good`` (n, p).
 
@@ -143,6 +157,8 @@ def train(
     ``noise`` (n, p) is each pixel's σ in normalised flux, NaN where unknown (see
     :func:`likelihood_sigma`). ``rv_anchor`` (n,) is each row's velocity in the archive's frame
     (km/s, NaN where unknown); ``resolving_power`` the archive's, where degraded copies start.
+    ``log_continuum`` (n, p) is what continuum normalisation divided out (NaN where unknown),
+    needed when ``config.continuum_channel`` is on.
     """
     if len(flux) < 2:
         raise ValueError("need at least two spectra to train")
@@ -155,7 +171,10 @@ def train(
         velocity_dim=config.velocity_dim and pixel_kms > 0,
         velocity_scale_kms=config.velocity_scale_kms,
         pixel_kms=pixel_kms,
+        continuum_channel=config.continuum_channel,
     )
+    if config.continuum_channel and log_continuum is None:
+        raise ValueError("continuum_channel needs the spectra's log continuum (continuum normalisation)")
     model = SpectrumVAE(vae_config).to(device)
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -168,6 +187,11 @@ def train(
     s_all = likelihood_sigma(noise, flux.shape, config)
     anchor = np.full(len(flux), np.nan) if rv_anchor is None else np.asarray(rv_anchor, np.float64)
     a_all = torch.from_numpy(anchor.astype(np.float32))
+    c_all = (
+        torch.from_numpy(np.ascontiguousarray(log_continuum, dtype=np.float32))
+        if config.continuum_channel
+        else torch.full((len(flux), 1), float("nan"))
+    )
     augmentation = config.instrument_augmentation if config.augment_instrument else None
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimiser,
@@ -190,13 +214,19 @@ def train(
             x_in, m_in = x, m
             if augmentation is not None:
                 x_in, m_in = degrade(x, m, augmentation, resolving_power, pixel_kms, generator)
-            recon, mean, logvar = model(x_in, m_in)
+            c = c_all[rows].to(device) if config.continuum_channel else None
+            c_in = continuum_input(c, config, generator) if c is not None else None
+            mean, logvar = model.encode(x_in, m_in, c_in)
+            z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+            recon, c_out = model.decode_outputs(z)
             rec = masked_gaussian_nll(recon, x, m, sigma).mean()  # the clean spectrum, whatever the input
+            if c is not None:
+                rec = rec + continuum_nll(c_out, c, m, config.continuum_sigma).mean()
             kl = kl_divergence(mean, logvar).sum(dim=1).mean()
             loss = rec + beta * kl
             if model.config.velocity_dim and config.equivariance_weight > 0:
                 loss = loss + config.equivariance_weight * equivariance_loss(
-                    model, x, m, mean, config.equivariance_shift_kms, generator
+                    model, x, m, mean, config.equivariance_shift_kms, generator, c_in
                 )
             if model.config.velocity_dim and config.velocity_anchor_weight > 0:
                 loss = loss + config.velocity_anchor_weight * anchor_loss(
@@ -209,7 +239,9 @@ def train(
             scheduler.step()
             totals += np.array([loss.item(), rec.item(), kl.item()]) * len(rows)
         train_loss, train_rec, train_kl = totals / len(order)
-        val = evaluate(model, x_all[val_rows], m_all[val_rows], s_all[val_rows], config, device)
+        val = evaluate(
+            model, x_all[val_rows], m_all[val_rows], s_all[val_rows], config, device, c_all[val_rows]
+        )
         record = {
             "epoch": epoch + 1,
             "beta": beta,
@@ -230,9 +262,11 @@ def train(
         model.load_state_dict(best[1])
     model.eval()
     if config.align_axes:
-        means = posterior_means(model, x_all[train_rows], m_all[train_rows], device)
+        means = posterior_means(model, x_all[train_rows], m_all[train_rows], device, c=c_all[train_rows])
         model.align_shape_axes(means[:, 1:] if model.config.velocity_dim else means)
-    final_val = evaluate(model, x_all[val_rows], m_all[val_rows], s_all[val_rows], config, device)
+    final_val = evaluate(
+        model, x_all[val_rows], m_all[val_rows], s_all[val_rows], config, device, c_all[val_rows]
+    )
     if model.config.velocity_dim:
         final_val.update(
             velocity_errors(
@@ -270,6 +304,28 @@ def likelihood_sigma(noise: np.ndarray | None, shape: tuple[int, int], config: T
     return torch.from_numpy(sigma)
 
 
+def continuum_input(
+    log_continuum: torch.Tensor, config: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """What the encoder is shown of a batch's log continua (B, p): withheld (NaN) for a random
+    ``continuum_dropout`` of the rows, the rest moved by a small random response."""
+    batch, length = log_continuum.shape
+    withheld = (torch.rand(batch, generator=generator) < config.continuum_dropout).to(log_continuum.device)
+    shown = log_continuum
+    if config.continuum_jitter > 0:
+        curves = response_curves(batch, length, 3, config.continuum_jitter, generator)
+        shown = shown + torch.log(curves).to(log_continuum.device, log_continuum.dtype)
+    return torch.where(withheld[:, None], torch.full_like(shown, float("nan")), shown)
+
+
+def continuum_nll(
+    predicted: torch.Tensor, log_continuum: torch.Tensor, good: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """Per-spectrum Gaussian NLL of the decoded log continuum, over pixels where it is known."""
+    known = good & torch.isfinite(log_continuum)
+    return masked_gaussian_nll(predicted, torch.nan_to_num(log_continuum, nan=0.0), known, sigma)
+
+
 def equivariance_loss(
     model: SpectrumVAE,
     flux: torch.Tensor,
@@ -277,18 +333,20 @@ def equivariance_loss(
     mean: torch.Tensor,
     shift_kms: float,
     generator: torch.Generator,
+    log_continuum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Penalty for z0 not tracking a known extra Doppler shift and for z1…zN moving with it.
 
     This needs no labels: the shift is applied to the training spectrum itself, so any archive
-    teaches the model that z0 is velocity and the rest is the star.
+    teaches the model that z0 is velocity and the rest is the star. The shifted copy is shown the
+    same continuum as the original (a shift does not change a continuum measurably).
     """
     config = model.config
     velocity = (torch.rand(len(flux), generator=generator) * 2 - 1).to(flux.device) * shift_kms
     pixels = velocity / config.pixel_kms
     shifted = doppler_shift(flux, pixels)
     shifted_good = doppler_shift(good.to(flux.dtype), pixels) > 0.999
-    moved, _ = model.encode(shifted, shifted_good)
+    moved, _ = model.encode(shifted, shifted_good, log_continuum)
     z0_error = (moved[:, 0] - mean[:, 0] - velocity / config.velocity_scale_kms) / Z0_TOLERANCE
     shape_error = (moved[:, 1:] - mean[:, 1:]) / SHAPE_TOLERANCE
     return 0.5 * (z0_error**2 + (shape_error**2).sum(dim=1)).mean()
@@ -347,12 +405,22 @@ def velocity_errors(
 
 @torch.no_grad()
 def posterior_means(
-    model: SpectrumVAE, x: torch.Tensor, m: torch.Tensor, device: torch.device, batch: int = 512
+    model: SpectrumVAE,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    device: torch.device,
+    batch: int = 512,
+    c: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Posterior means of ``x`` (n, p) with masks ``m``, in batches, on the CPU."""
+    """Posterior means of ``x`` (n, p) with masks ``m`` (and log continua ``c``), in batches, on the CPU."""
     model.eval()
+    given = c is not None and model.config.continuum_channel
     parts = [
-        model.encode(x[s : s + batch].to(device), m[s : s + batch].to(device))[0].cpu()
+        model.encode(
+            x[s : s + batch].to(device),
+            m[s : s + batch].to(device),
+            c[s : s + batch].to(device) if given else None,
+        )[0].cpu()
         for s in range(0, len(x), batch)
     ]
     return torch.cat(parts)
@@ -366,15 +434,24 @@ def evaluate(
     sigma: torch.Tensor,
     config: TrainConfig,
     device: torch.device,
+    c: torch.Tensor | None = None,
 ) -> dict:
-    """Validation loss at the final β, with the posterior mean (no sampling): deterministic."""
+    """Validation loss at the final β, with the posterior mean (no sampling): deterministic.
+
+    A model with continuum channels is shown the continuum (the archive's own spectra are) and
+    is scored on giving it back as well."""
     model.eval()
     totals = np.zeros(4)
+    given = c is not None and model.config.continuum_channel
     for start in range(0, len(x), 512):
         batch = slice(start, start + 512)
         xb, mb, sb = x[batch].to(device), m[batch].to(device), sigma[batch].to(device)
-        recon, mean, logvar = model(xb, mb, sample=False)
+        cb = c[batch].to(device) if given else None
+        mean, logvar = model.encode(xb, mb, cb)
+        recon, c_out = model.decode_outputs(mean)
         rec = masked_gaussian_nll(recon, xb, mb, sb)
+        if cb is not None:
+            rec = rec + continuum_nll(c_out, cb, mb, config.continuum_sigma)
         kl = kl_divergence(mean, logvar).sum(dim=1)
         goodf = mb.float()
         rmse = torch.sqrt((goodf * (recon - xb) ** 2).sum(1) / goodf.sum(1).clamp(min=1))

@@ -5,6 +5,14 @@ covers only part of the grid (an upload from another instrument) is encoded from
 has rather than from zeros it never measured. The loss is a masked Gaussian
 reconstruction term plus β·KL; β trades reconstruction for disentanglement.
 
+With ``continuum_channel`` two more channels carry the log pseudo-continuum that continuum
+normalisation divided out, and whether it is there; the decoder gives the log continuum back
+as a second output. The continuum shape is the best temperature indicator between spectra
+calibrated alike, and worthless between spectra that are not: training hides it from the
+encoder for part of each batch, so one latent space serves both the archive's own spectra
+(continuum given) and an upload with another flux calibration (continuum withheld), and the
+decoder still has to say what the star's continuum is.
+
 With ``velocity_dim`` the decoder is Doppler-equivariant: it decodes a rest-frame spectrum
 from z1…zN and shifts it along the log-λ grid by z0 × ``velocity_scale_kms``. A shift is
 all z0 can do, so the radial velocity collects in z0 and the other dimensions are free to
@@ -37,6 +45,9 @@ class VAEConfig:
     #: km/s per unit of z0, and the grid's velocity step (km/s per pixel) to turn it into pixels.
     velocity_scale_kms: float = 10.0
     pixel_kms: float = 0.0
+    #: Two more encoder channels (log continuum, and whether it is given) and a second decoder
+    #: output, the log continuum (see the module docstring).
+    continuum_channel: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,7 +69,7 @@ class SpectrumVAE(nn.Module):
         self.config = config
         pad = config.kernel_size // 2
         layers: list[nn.Module] = []
-        in_ch = 2
+        in_ch = 4 if config.continuum_channel else 2
         for out_ch in config.channels:
             layers += [nn.Conv1d(in_ch, out_ch, config.kernel_size, stride=2, padding=pad), nn.GELU()]
             in_ch = out_ch
@@ -84,7 +95,8 @@ class SpectrumVAE(nn.Module):
                 ),
                 nn.GELU(),
             ]
-        layers.append(nn.Conv1d(chans[-1], 1, config.kernel_size, padding=pad))
+        outputs = 2 if config.continuum_channel else 1
+        layers.append(nn.Conv1d(chans[-1], outputs, config.kernel_size, padding=pad))
         self.decoder_conv = nn.Sequential(*layers)
         #: Orthogonal (n_shape, n_shape): row i is the network's direction that is published as
         #: shape dimension i. The identity while training.
@@ -94,11 +106,23 @@ class SpectrumVAE(nn.Module):
         extra = self.config.padded_pixels - x.shape[-1]
         return nn.functional.pad(x, (0, extra)) if extra else x
 
-    def encode(self, flux: torch.Tensor, good: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance for a batch of (flux, good-mask) pairs of shape (B, n_pixels)."""
+    def encode(
+        self, flux: torch.Tensor, good: torch.Tensor, log_continuum: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance for a batch of (flux, good-mask) pairs of shape (B, n_pixels).
+
+        ``log_continuum`` (B, n_pixels), NaN where withheld, feeds the continuum channels of a
+        model that has them (None: withheld for the whole batch); other models ignore it.
+        """
         good = good.to(flux.dtype)
         # Normalised spectra have median 1: centre them so the network works around zero.
-        x = self._pad(torch.stack([(flux - 1.0) * good, good], dim=1))
+        channels = [(flux - 1.0) * good, good]
+        if self.config.continuum_channel:
+            if log_continuum is None:
+                log_continuum = torch.full_like(flux, float("nan"))
+            given = torch.isfinite(log_continuum).to(flux.dtype) * good
+            channels += [torch.nan_to_num(log_continuum, nan=0.0) * given, given]
+        x = self._pad(torch.stack(channels, dim=1))
         h = self.encoder_head(self.encoder_conv(x))
         mean, logvar = self.to_mean(h), self.to_logvar(h).clamp(-12.0, 8.0)
         first = 1 if self.config.velocity_dim else 0
@@ -115,11 +139,32 @@ class SpectrumVAE(nn.Module):
         """Flux on the grid for latent vectors z (B, latent_dim), in the observed frame."""
         return self.to_observed(self.decode_rest(z), z)
 
+    def decode_outputs(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Observed-frame flux and, for a model with ``continuum_channel``, the log continuum
+        (None otherwise), from one decoder pass."""
+        outputs = self._decoded(z)
+        flux = self.to_observed(1.0 + outputs[:, 0], z)
+        return flux, (outputs[:, 1] if self.config.continuum_channel else None)
+
     def decode_rest(self, z: torch.Tensor) -> torch.Tensor:
         """Flux on the grid for z with the velocity left out: the rest frame (z0 = 0)."""
+        return 1.0 + self._decoded(z)[:, 0]
+
+    def decode_continuum(self, z: torch.Tensor) -> torch.Tensor:
+        """The log pseudo-continuum on the grid for z (a model with ``continuum_channel`` only).
+
+        Not Doppler-shifted: a shift of a few hundred km/s moves a continuum that is smooth over
+        thousands of km/s by nothing measurable.
+        """
+        if not self.config.continuum_channel:
+            raise ValueError("this model has no continuum output")
+        return self._decoded(z)[:, 1]
+
+    def _decoded(self, z: torch.Tensor) -> torch.Tensor:
+        """Every decoder output (B, outputs, n_pixels) for the shape part of z."""
         shape = (z[:, 1:] if self.config.velocity_dim else z) @ self.shape_rotation
         h = self.decoder_head(shape).view(z.shape[0], self.config.channels[-1], self.reduced)
-        return 1.0 + self.decoder_conv(h)[:, 0, : self.config.n_pixels]
+        return self.decoder_conv(h)[:, :, : self.config.n_pixels]
 
     def to_observed(self, rest: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """A rest-frame decoding moved by z0 (nothing to do without a velocity dimension)."""
@@ -128,9 +173,13 @@ class SpectrumVAE(nn.Module):
         return doppler_shift(rest, z[:, 0] * self.config.velocity_scale_kms / self.config.pixel_kms)
 
     def forward(
-        self, flux: torch.Tensor, good: torch.Tensor, sample: bool = True
+        self,
+        flux: torch.Tensor,
+        good: torch.Tensor,
+        sample: bool = True,
+        log_continuum: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean, logvar = self.encode(flux, good)
+        mean, logvar = self.encode(flux, good, log_continuum)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if sample else mean
         return self.decode(z), mean, logvar
 

@@ -21,7 +21,18 @@ from astropy.table import Table
 from tqdm.auto import tqdm
 
 from model import analysis
-from model.api import ANALYSIS_FILE, INDEX_FILE, MEAN_FILE, QUALITY_FILE, VAR_FILE, VELOCITY_FILE, LatentModel
+from model.api import (
+    ANALYSIS_FILE,
+    CONTINUUM_PERCENTILE,
+    CONTINUUM_TOLERANCE_FILE,
+    INDEX_FILE,
+    MEAN_FILE,
+    QUALITY_FILE,
+    VAR_FILE,
+    VELOCITY_FILE,
+    LatentModel,
+    continuum_mismatch,
+)
 from model.atomic import atomic_path, write_json_atomic, write_npy_atomic
 from model.augment import degrade
 from model.checkpoint import save_checkpoint
@@ -289,6 +300,7 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
             section["velocity_frame"], [r["rv"] for r in rows], data.groups, data.rv_added
         ),
         resolving_power=matching.resolving_power,
+        log_continuum=data.log_continuum,
     )
     version = archive.next_model_version()
     checkpoint = {
@@ -387,7 +399,7 @@ def analyse(archive: Archive, config: dict, version: int | None = None, progress
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     by_did = {r["obs_publisher_did"]: r for r in rows}
     sample_rows = [by_did[dids[i]] for i in sample]
-    flux, good, _ = prepare_many(read_rows(sample_rows), latent_model.grid, latent_model.matching)
+    flux, good, *_ = prepare_many(read_rows(sample_rows), latent_model.grid, latent_model.matching)
     pca_scores, _ = analysis.pca_baseline(flux, latent_model.latent_dim, mask=~good)
     mi_args = {"n_neighbors": section["mi_neighbors"], "n_bootstrap": section["mi_subsamples"]}
     model_mi = analysis.mutual_information(mean[sample], labels, **mi_args)
@@ -455,8 +467,12 @@ def ood_reference(archive: Archive, version: int, index: LatentIndex, model: Lat
     """
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     chosen = sample_rows(len(rows))
-    flux, good, _ = prepare_many(read_rows([rows[i] for i in chosen]), model.grid, model.matching)
+    flux, good, _, log_continuum = prepare_many(
+        read_rows([rows[i] for i in chosen]), model.grid, model.matching
+    )
     train_config = TrainConfig.from_mapping(model.config.get("train", {}))
+    if model.continuum_channel:
+        write_continuum_tolerance(model, flux, good, log_continuum, train_config.continuum_tolerance)
     if train_config.augment_instrument:
         flux, good = degraded_copies(flux, good, train_config, model, seed=int(train_config.seed))
     encoded = model.encode_arrays(flux, good, ood=True)
@@ -465,6 +481,22 @@ def ood_reference(archive: Archive, version: int, index: LatentIndex, model: Lat
         found, distances = index.query_vector(vector, 2)
         nearest[n] = distances[1] if found[0] == row else distances[0]
     return OODReference.build(encoded.structured, nearest, encoded.line_signal)
+
+
+def write_continuum_tolerance(
+    model: LatentModel, flux: np.ndarray, good: np.ndarray, log_continuum: np.ndarray, floor: float
+) -> float:
+    """How far an upload's continuum may stray from the one the model expects of it and still be
+    compared (model/api.py): as far as most of the archive's own spectra stray, encoded from their
+    lines alone (the CONTINUUM_PERCENTILE-th percentile of a sample), and no less than ``floor``
+    (``[model] continuum_tolerance``). So an archive spectrum uploaded again is, as a rule, compared
+    as the archive holds it."""
+    lines_only = model.encode_arrays(flux, good)
+    mismatch = continuum_mismatch(log_continuum, model.continua(lines_only.mean), good)
+    found = mismatch[np.isfinite(mismatch)]
+    tolerance = max(floor, float(np.percentile(found, CONTINUUM_PERCENTILE))) if len(found) else floor
+    write_npy_atomic(model.directory / CONTINUUM_TOLERANCE_FILE, np.array([tolerance]))
+    return tolerance
 
 
 def degraded_copies(

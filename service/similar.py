@@ -272,7 +272,9 @@ def load_query(params: Params, served: ServedModel) -> Query:
         )
     name = secure_filename(upload.filename or "") or "upload"
     spectrum = read_upload(upload, name, params.get_int("INDEX", minimum=0))
-    return Query(name, lambda: spectrum, served.model.encode_spectra([spectrum], ood=True), None)
+    return Query(
+        name, lambda: spectrum, served.model.encode_spectra([spectrum], ood=True, continuum="checked"), None
+    )
 
 
 def archived_encoding(model: LatentModel, load: Callable[[], Spectrum], row: int) -> Encoded:
@@ -552,6 +554,39 @@ def archive_velocity(velocities: np.ndarray | None, row: int) -> tuple[float | N
     return float(velocities[row, 0]), float(velocities[row, 1])
 
 
+def continuum_params(document: VOTableFile, encoded: Encoded) -> list:
+    """Whether a continuum model compared the query's continuum shape too (model/api.py), and why."""
+    if encoded.continuum_used is None:
+        return []
+    params = [
+        param(
+            document,
+            "continuum_used",
+            "true" if encoded.continuum_used[0] else "false",
+            "boolean",
+            None,
+            ucd="meta.code",
+            description="true: the query's pseudo-continuum (its flux calibration) was compared with the "
+            "archive's as well as its lines and bands; false: lines and bands only, because the continuum "
+            "differs from what the model expects of such a spectrum (another flux calibration)",
+        )
+    ]
+    if encoded.continuum_mismatch is not None and math.isfinite(encoded.continuum_mismatch[0]):
+        params.append(
+            param(
+                document,
+                "continuum_mismatch",
+                repr(round(float(encoded.continuum_mismatch[0]), 5)),
+                "double",
+                None,
+                ucd="stat.fit.residual",
+                description="RMS (natural log) of the query's log pseudo-continuum minus the one the model "
+                "expects of it; the continuum is used up to the model's tolerance",
+            )
+        )
+    return params
+
+
 def query_params(document: VOTableFile, query: Query, served: ServedModel, search: Search, k: int) -> list:
     """The query's own latent coordinates (all dims, with posterior sigma), coverage and the search."""
     encoded = query.encoded
@@ -589,6 +624,7 @@ def query_params(document: VOTableFile, query: Query, served: ServedModel, searc
         params.append(
             param(document, "WEIGHTS", " ".join(map(str, search.weights)), description="Per-dim weights")
         )
+    params.extend(continuum_params(document, encoded))
     for dim in range(served.model.latent_dim):
         params.append(
             param(

@@ -100,6 +100,8 @@ def serving(config: dict) -> Iterator[SimpleNamespace]:
 #: What resources/demo/demo.toml sets for other instruments' uploads, for archives of the demo sample.
 DEMO_MATCHING = {
     "grid": {"normalise": "continuum", "resolving_power": 2000.0},
+    # The continuum channels need a model trained as long as the demo's: tests/test_product.py
+    # checks them on the real demo.
     "model": {"velocity_frame": "rest", "augment_instrument": True},
 }
 

@@ -92,6 +92,32 @@ def test_continuum_normalisation_removes_a_known_response_curve():
             assert rms > 0.2  # median normalisation keeps it: what continuum normalisation is for
 
 
+def test_the_log_continuum_kept_for_the_continuum_channel_is_the_one_divided_out():
+    """What continuum normalisation divides out is kept (as ln of it over its median) for a model's
+    continuum channels: a known smooth continuum comes back, the response curve that multiplies it
+    adds its own log, and median normalisation measures none."""
+    wave = np.arange(3600.0, 7400.0, 0.9)
+    # Evenly spaced lines take the same share of every block (random ones would shift block means).
+    lines = line_spectrum(wave, np.linspace(3700, 7300, 300), depth=0.3, sigma_aa=1.5)
+    continuum = (wave / 5000.0) ** -2.0
+    grid = Grid(3650.0, 7350.0, 1024)
+    matching = Matching("continuum")
+    plain = prepare(Spectrum(wave, lines * continuum * 3.0), grid, matching=matching)
+    expected = np.log((grid.wavelength / 5000.0) ** -2.0)
+    inner = slice(64, -64)  # block means are interpolated; beyond the outer block centres they are held
+    centred = (plain.log_continuum - expected)[inner]
+    assert plain.good.all() and np.isfinite(plain.log_continuum).all()
+    assert np.std(centred) < 0.01  # the shape, up to the flux scale
+    assert np.median(plain.log_continuum) == pytest.approx(0.0, abs=0.01)
+    x = 2 * (np.log(wave) - np.log(wave[0])) / np.ptp(np.log(wave)) - 1
+    tilt = np.exp(0.3 * x)
+    tilted = prepare(Spectrum(wave, lines * continuum * tilt), grid, matching=matching)
+    grid_x = 2 * (np.log(grid.wavelength) - np.log(wave[0])) / np.ptp(np.log(wave)) - 1
+    added = (tilted.log_continuum - plain.log_continuum - 0.3 * grid_x)[inner]
+    assert np.std(added) < 0.01
+    assert np.isnan(prepare(Spectrum(wave, lines), grid, matching=Matching("median")).log_continuum).all()
+
+
 def test_continuum_is_unchanged_by_noise_and_resolution():
     rng = np.random.default_rng(2)
     wave = np.arange(3600.0, 7400.0, 0.9)

@@ -199,3 +199,87 @@ def test_checkpoint_without_rotation_loads_as_identity(tmp_path, trained):
     torch.save(state, weights)
     loaded, _ = load_checkpoint(tmp_path / "v0001")
     assert torch.equal(loaded.shape_rotation, torch.eye(model.n_shape))
+
+
+def continuum_toy(n=96, seed=3):
+    """Spectra whose lines carry one factor (depth) and whose continuum slope another, independent one."""
+    flux, good, labels = toy_data(n, seed)
+    slope = np.random.default_rng(seed + 1).uniform(-0.4, 0.4, n)
+    log_continuum = (slope[:, None] * np.linspace(-1, 1, GRID.n_pixels)[None, :]).astype(np.float32)
+    return flux, good, log_continuum, slope
+
+
+@pytest.fixture(scope="module")
+def continuum_trained():
+    flux, good, log_continuum, slope = continuum_toy()
+    config = small_config(continuum_channel=True, continuum_dropout=0.5, epochs=60)
+    result = train(flux, good, config, progress=False, log_continuum=log_continuum)
+    return result.model, flux, good, log_continuum, slope
+
+
+def test_continuum_model_encodes_the_continuum_it_is_shown(continuum_trained):
+    model, flux, good, log_continuum, slope = continuum_trained
+    x, m, c = torch.from_numpy(flux), torch.from_numpy(good), torch.from_numpy(log_continuum)
+    with torch.no_grad():
+        given, _ = model.encode(x, m, c)
+        withheld, _ = model.encode(x, m)
+        decoded_given = model.decode_continuum(given).numpy()
+        decoded_withheld = model.decode_continuum(withheld).numpy()
+    # Shown the continuum, the latent carries its slope and the decoder gives it back.
+    best = max(abs(np.corrcoef(given[:, d].numpy(), slope)[0, 1]) for d in range(given.shape[1]))
+    assert best > 0.9
+    error_given = np.sqrt(((decoded_given - log_continuum)[good] ** 2).mean())
+    assert error_given < 0.05
+    # Withheld, the lines say nothing of this slope: the decoder can only guess (the channel carries it).
+    error_withheld = np.sqrt(((decoded_withheld - log_continuum)[good] ** 2).mean())
+    assert error_withheld > 2 * error_given
+
+
+def test_continuum_model_round_trips_and_plain_models_have_no_continuum(tmp_path, continuum_trained, trained):
+    model = continuum_trained[0]
+    save_checkpoint(tmp_path / "v", model, {"grid": GRID.to_dict()})
+    loaded, _ = load_checkpoint(tmp_path / "v")
+    assert loaded.config.continuum_channel
+    z = torch.zeros(2, model.config.latent_dim)
+    assert torch.allclose(loaded.decode_continuum(z), model.decode_continuum(z))
+    with pytest.raises(ValueError, match="no continuum"):
+        trained[0].model.decode_continuum(z)
+
+
+def test_continuum_channel_needs_the_continua():
+    flux, good, _ = toy_data(8)
+    with pytest.raises(ValueError, match="log continuum"):
+        train(flux, good, small_config(continuum_channel=True, epochs=1), progress=False)
+
+
+def test_an_upload_continuum_is_used_only_when_it_is_the_expected_one(tmp_path, continuum_trained):
+    """'checked': encoded without the continuum, then with it where it agrees with the decoded one."""
+    from model.api import continuum_mismatch
+    from model.preprocess import Matching
+    from model.spectrum import Spectrum
+
+    model, flux, *_ = continuum_trained
+    # The toy's one deep line dents its block-mean continuum (~0.07): the tolerance sits above that,
+    # and below what a ±0.4 tilt adds (RMS 0.23).
+    config = {
+        "grid": GRID.to_dict(),
+        "train": small_config(continuum_tolerance=0.12).to_dict(),
+        "matching": Matching("continuum").to_dict(),
+    }
+    save_checkpoint(tmp_path / "v", model, config)
+    latent = LatentModel(tmp_path / "v")
+    x = np.linspace(-1, 1, GRID.n_pixels)
+    spectra = [
+        Spectrum(wavelength=GRID.wavelength, flux=flux[0] * np.exp(slope * x) * 7.0)
+        for slope in (0.0, 0.4, -0.4)
+    ]
+    encoded = latent.encode_spectra(spectra, continuum="checked")
+    assert encoded.continuum_used.tolist() == [True, False, False]
+    assert encoded.continuum_mismatch[0] <= latent.continuum_tolerance < encoded.continuum_mismatch[1:].min()
+    given = latent.encode_spectra(spectra[:1], continuum="given")
+    assert np.allclose(given.mean, encoded.mean[:1], atol=1e-5)  # re-encoded with the continuum shown
+    # A flux scale is no calibration error; a tilt is, by its RMS.
+    good = np.ones((1, 50), bool)
+    tilt = np.linspace(-1, 1, 50)[None, :] * 0.3
+    assert continuum_mismatch(np.full((1, 50), 2.0), np.zeros((1, 50)), good)[0] == pytest.approx(0.0)
+    assert continuum_mismatch(tilt, np.zeros((1, 50)), good)[0] == pytest.approx(tilt.std(), rel=1e-6)

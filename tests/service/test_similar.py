@@ -180,8 +180,9 @@ def test_every_format_gives_one_encoding_and_one_list_of_neighbours(answers, mod
 def test_upload_is_encoded_as_the_model_encodes_it_and_searched_by_the_index(answers, star, model):
     rows, params = answers["fits-image"]
     spectrum = Spectrum(star.wave_air, star.flux, medium="air")
-    encoded = model.encode_spectra([spectrum])
+    encoded = model.encode_spectra([spectrum], continuum="checked")  # an upload's continuum is checked
     np.testing.assert_allclose(query_z(params, model.latent_dim), encoded.mean[0], atol=1e-5)
+    assert "continuum_used" not in params  # a model without continuum channels compares lines alone
     sigma = [params[f"query_z{d}_sigma"] for d in range(model.latent_dim)]
     np.testing.assert_allclose(sigma, np.sqrt(encoded.var[0]), rtol=1e-4)
     assert params["coverage"] == pytest.approx(encoded.coverage[0])
