@@ -94,9 +94,13 @@ const SimilarPage = (() => {
     const rows = table.records();
     const p = table.params;
     const rv = p.query_rv !== undefined && p.query_rv !== null ? `${LV.format(p.query_rv, 3)} ± ${LV.format(p.query_rv_err, 2)} km/s` : "—";
+    // Continuum models say whether the upload's continuum shape was compared too (PARAM continuum_used).
+    const compared = p.continuum_used === undefined ? ""
+      : p.continuum_used ? " Compared by its lines and its continuum (calibrated as the archive's)."
+      : ` Compared by its lines alone: its continuum differs from what the archive's calibration gives such a star (by ${LV.format(p.continuum_mismatch, 2)} in ln flux).`;
     element.innerHTML = `
-      <p>Query <code>${LV.escape(p.query)}</code>: covers ${LV.format(100 * p.coverage, 3)}% of the model grid,
-        reconstruction error ${LV.format(p.recon_error, 3)}, velocity ${LV.escape(rv)}.</p>
+      <p id="query-summary">Query <code>${LV.escape(p.query)}</code>: covers ${LV.format(100 * p.coverage, 3)}% of the model grid,
+        reconstruction error ${LV.format(p.recon_error, 3)}, velocity ${LV.escape(rv)}.${LV.escape(compared)}</p>
       <div class="plot" id="similar-plot"></div>
       <table class="results"><thead><tr><th>rank</th><th>target</th><th>distance</th><th>Teff</th><th>log g</th><th>[Fe/H]</th><th>velocity (model)</th><th></th></tr></thead><tbody>
       ${rows.map((r) => `<tr class="result"><td>${r.rank}</td><td>${LV.escape(r.target_name || "")}</td><td>${LV.format(r.distance, 3)}</td>
