@@ -16,7 +16,7 @@ import torch
 
 from model.checkpoint import grid_of, load_checkpoint
 from model.ood import OOD_FILE, OODReference, line_signal, structured_residual
-from model.preprocess import Matching, prepare_many
+from model.preprocess import Matching, OnGrid, prepare_many
 from model.similarity import LatentIndex, exact_search
 from model.spectrum import Spectrum
 from model.velocity import Velocity, against_reconstructions, against_spectrum
@@ -272,7 +272,7 @@ class LatentModel:
                 self._check_continua(encoded, on_grid, ood)
         return encoded
 
-    def _check_continua(self, encoded: Encoded, on_grid, ood: bool) -> None:
+    def _check_continua(self, encoded: Encoded, on_grid: OnGrid, ood: bool) -> None:
         """Re-encode, with their continuum shown, the spectra whose continuum is the expected one."""
         expected = self.continua(encoded.mean)
         mismatch = continuum_mismatch(on_grid.log_continuum, expected, on_grid.good)

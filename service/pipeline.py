@@ -37,7 +37,7 @@ from model.atomic import atomic_path, write_json_atomic, write_npy_atomic
 from model.augment import degrade
 from model.checkpoint import save_checkpoint
 from model.ood import OOD_FILE, OODReference, sample_rows
-from model.preprocess import Grid, Matching, prepare_augmented, prepare_many
+from model.preprocess import Grid, Matching, OnGrid, prepare_augmented, prepare_many
 from model.readers import iter_spectra, label_key, read_spectra
 from model.similarity import LatentIndex
 from model.spectrum import KNOWN_LABELS, Spectrum, SpectrumReadError
@@ -459,20 +459,23 @@ def recon_errors(archive: Archive, version: int) -> np.ndarray:
     return np.array([r["recon_error"] for r in rows], dtype=np.float64)
 
 
-def ood_reference(archive: Archive, version: int, index: LatentIndex, model: LatentModel) -> OODReference:
-    """What a typical upload looks like to this model: a sample of archive spectra as another instrument
-    would deliver them (the training's instrument augmentation, every one degraded), with their
-    structured residuals and their distances to the nearest *other* archive spectrum - as a star
-    the archive does not hold would be. Without instrument augmentation, the archive as it is.
-    """
+def reference_sample(archive: Archive, model: LatentModel) -> tuple[np.ndarray, OnGrid]:
+    """A seeded sample of the archive's rows (positions) and their spectra on the model's grid: what
+    the model's reference figures (ood_score, the continuum tolerance) are measured on."""
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     chosen = sample_rows(len(rows))
-    flux, good, _, log_continuum = prepare_many(
-        read_rows([rows[i] for i in chosen]), model.grid, model.matching
-    )
+    return chosen, prepare_many(read_rows([rows[i] for i in chosen]), model.grid, model.matching)
+
+
+def ood_reference(chosen: np.ndarray, sample: OnGrid, index: LatentIndex, model: LatentModel) -> OODReference:
+    """What a typical upload looks like to this model: a sample of archive spectra (rows ``chosen``)
+    as another instrument would deliver them (the training's instrument augmentation, every one
+    degraded), with their structured residuals and their distances to the nearest *other* archive
+    spectrum - as a star the archive does not hold would be. Without instrument augmentation, the
+    archive as it is.
+    """
+    flux, good = sample.flux, sample.good
     train_config = TrainConfig.from_mapping(model.config.get("train", {}))
-    if model.continuum_channel:
-        write_continuum_tolerance(model, flux, good, log_continuum, train_config.continuum_tolerance)
     if train_config.augment_instrument:
         flux, good = degraded_copies(flux, good, train_config, model, seed=int(train_config.seed))
     encoded = model.encode_arrays(flux, good, ood=True)
@@ -483,16 +486,15 @@ def ood_reference(archive: Archive, version: int, index: LatentIndex, model: Lat
     return OODReference.build(encoded.structured, nearest, encoded.line_signal)
 
 
-def write_continuum_tolerance(
-    model: LatentModel, flux: np.ndarray, good: np.ndarray, log_continuum: np.ndarray, floor: float
-) -> float:
+def write_continuum_tolerance(model: LatentModel, sample: OnGrid) -> float:
     """How far an upload's continuum may stray from the one the model expects of it and still be
-    compared (model/api.py): as far as most of the archive's own spectra stray, encoded from their
-    lines alone (the CONTINUUM_PERCENTILE-th percentile of a sample), and no less than ``floor``
-    (``[model] continuum_tolerance``). So an archive spectrum uploaded again is, as a rule, compared
-    as the archive holds it."""
-    lines_only = model.encode_arrays(flux, good)
-    mismatch = continuum_mismatch(log_continuum, model.continua(lines_only.mean), good)
+    compared (model/api.py): as far as most of the archive's own spectra (``sample``) stray, encoded
+    from their lines alone (the CONTINUUM_PERCENTILE-th percentile), and no less than ``[model]
+    continuum_tolerance``. So an archive spectrum uploaded again is, as a rule, compared as the
+    archive holds it."""
+    floor = TrainConfig.from_mapping(model.config.get("train", {})).continuum_tolerance
+    lines_only = model.encode_arrays(sample.flux, sample.good)
+    mismatch = continuum_mismatch(sample.log_continuum, model.continua(lines_only.mean), sample.good)
     found = mismatch[np.isfinite(mismatch)]
     tolerance = max(floor, float(np.percentile(found, CONTINUUM_PERCENTILE))) if len(found) else floor
     write_npy_atomic(model.directory / CONTINUUM_TOLERANCE_FILE, np.array([tolerance]))
@@ -532,7 +534,10 @@ def build_index(archive: Archive, config: dict, version: int | None = None, prog
         progress=progress,
     )
     meta = index.meta
-    ood_reference(archive, version, index, latent_model).save(directory / OOD_FILE)
+    chosen, sample = reference_sample(archive, latent_model)
+    ood_reference(chosen, sample, index, latent_model).save(directory / OOD_FILE)
+    if latent_model.continuum_channel:
+        write_continuum_tolerance(latent_model, sample)
     archive.update_model(
         version,
         index_n_trees=meta.n_trees,

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from model.api import LatentModel
+from model.api import LatentModel, continuum_mismatch
 from model.similarity import exact_search
 from service import pipeline
 from service.archive import Archive
@@ -195,3 +195,34 @@ def test_ingest_stores_right_ascension_in_the_obscore_range(tmp_path, ra, stored
     spectrum = Spectrum(wave, np.ones(50), identifier="s1", ra=ra, dec=10.0, source=str(tmp_path / "s1.fits"))
     row = pipeline.spectrum_row(Archive(tmp_path / "archive"), spectrum, "test", "0", {})
     assert row["s_ra"] == (pytest.approx(stored) if stored is not None else None)
+
+
+def test_a_continuum_model_is_trained_encoded_and_given_its_tolerance(tmp_path, demo_dir):
+    """Continuum channels through every stage: the archive's spectra are encoded with their continuum,
+    and ``index`` writes the tolerance the archive's own spectra need (at least the configured floor)."""
+    config = small_config(
+        tmp_path,
+        grid={"normalise": "continuum"},
+        model={"continuum_channel": True, "continuum_tolerance": 0.08, "epochs": 4},
+    )
+    archive = Archive.from_config(config)
+    pipeline.ingest(archive, [demo_dir / "miles_demo.fits"], collection="miles", progress=False)
+    version = pipeline.train_model(archive, config, progress=False)
+    pipeline.encode(archive, version, progress=False)
+    pipeline.build_index(archive, config, version, progress=False)
+    model = LatentModel(archive.model_dir(version))
+    assert model.continuum_channel
+    rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")[:20]
+    spectra = pipeline.read_rows(rows)
+    given = model.encode_spectra(spectra, continuum="given")
+    assert np.allclose(given.mean, model.latents[:20], atol=1e-5)  # what encode stored
+    withheld = model.encode_spectra(spectra, continuum="withheld")
+    assert not np.allclose(withheld.mean, given.mean, atol=1e-3)  # the continuum counts
+    _, sample = pipeline.reference_sample(archive, model)
+    lines_only = model.encode_arrays(sample.flux, sample.good)
+    mismatch = continuum_mismatch(sample.log_continuum, model.continua(lines_only.mean), sample.good)
+    expected = max(0.08, float(np.percentile(mismatch[np.isfinite(mismatch)], 95)))
+    assert model.continuum_tolerance == pytest.approx(expected)
+    checked = model.encode_spectra(spectra, continuum="checked")
+    assert (checked.continuum_used == (checked.continuum_mismatch <= model.continuum_tolerance)).all()
+    archive.close()
