@@ -27,6 +27,10 @@ INDEX_FILE = "index.ann"
 ANALYSIS_FILE = "analysis.json"
 #: (n, 2) float32: each archive spectrum's model velocity and its error (km/s, NaN where none).
 VELOCITY_FILE = "velocity.npy"
+#: (n, 3) float64: each archive spectrum's velocity against its nearest other archive spectrum by
+#: the index (km/s, as if that spectrum were at 0), its error, and that spectrum's row (NaN where none;
+#: written by ``latentvo index``).
+NEIGHBOUR_VELOCITY_FILE = "neighbour_velocity.npy"
 #: (n, 2) coverage of the grid and reconstruction error of each archive row (written by encode).
 QUALITY_FILE = "quality.npy"
 #: (1,) the largest continuum mismatch an upload may have and still be compared with its continuum
@@ -145,6 +149,11 @@ class LatentModel:
     def archive_velocities(self) -> np.ndarray | None:
         """(n, 2) model velocity and error of each archive row (written by ``latentvo encode``)."""
         return self._per_row(VELOCITY_FILE)
+
+    @property
+    def archive_neighbour_velocities(self) -> np.ndarray | None:
+        """(n, 3) velocity against the nearest other archive row, its error and that row."""
+        return self._per_row(NEIGHBOUR_VELOCITY_FILE)
 
     @property
     def archive_quality(self) -> np.ndarray | None:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+from scipy.signal import fftconvolve
 
 from model.spectrum import Spectrum
 
@@ -304,7 +305,19 @@ def pseudo_continuum(flux: np.ndarray, good: np.ndarray, pixel_kms: float) -> np
         level = float(np.median(flux[good])) if good.any() else 1.0
         return np.full(n, level if np.isfinite(level) and level > 0 else 1.0)
     continuum = np.interp(np.arange(n), centres[usable], means[usable])
-    return gaussian_filter1d(continuum, block / 4.0, mode="nearest")
+    return gaussian_smooth(continuum, block / 4.0)
+
+
+def gaussian_smooth(values: np.ndarray, sigma: float) -> np.ndarray:
+    """``gaussian_filter1d(values, sigma, mode="nearest")`` by FFT convolution: the same kernel
+    (truncated at 4 σ) and edge handling, equal to rounding (~1e-15 relative). The continuum's
+    kernel spans thousands of pixels on the velocity grid, where the direct sum cost 30-40 times
+    more: most of the time of a velocity measurement."""
+    radius = int(4.0 * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 / sigma**2 * offsets**2)
+    kernel /= kernel.sum()
+    return fftconvolve(np.pad(values, radius, mode="edge"), kernel, mode="valid")
 
 
 def smooth_to_resolution(

@@ -25,7 +25,8 @@ import numpy as np
 import scipy.fft
 
 from model.preprocess import Grid, Matching, prepare
-from model.spectrum import Spectrum
+from model.readers import read_spectra
+from model.spectrum import Spectrum, SpectrumReadError
 
 #: The cross-correlation grid is this many times finer than the model's.
 OVERSAMPLE = 4
@@ -95,6 +96,50 @@ def against_spectrum(
     template = np.where(template_good, template, 1.0)  # no lines where the reference has no data
     found = correlate_arrays(flux, good, template, fine_grid(grid).velocity_step_kms)
     return None if found is None else found.shifted(reference_kms)
+
+
+def against_spectra(
+    spectra: Sequence[Spectrum], references: Sequence[Spectrum], grid: Grid, matching: Matching
+) -> list[Velocity | None]:
+    """:func:`against_spectrum` of each spectrum against its reference (velocity 0), correlated
+    together; the same figures, pair by pair."""
+    found: list[Velocity | None] = []
+    for start in range(0, len(spectra), CORRELATE_BATCH):
+        batch = slice(start, start + CORRELATE_BATCH)
+        observed, templates = [], []
+        for spectrum, reference in zip(spectra[batch], references[batch], strict=True):
+            observed.append(on_fine_grid(spectrum, grid, matching))
+            template, template_good = on_fine_grid(reference, grid, matching)
+            templates.append(np.where(template_good, template, 1.0))
+        flux, good = np.stack([f for f, _ in observed]), np.stack([g for _, g in observed])
+        found += correlate_many(flux, good, np.stack(templates), fine_grid(grid).velocity_step_kms)
+    return found
+
+
+def against_files(
+    sources: Sequence[tuple[str, int]], references: Sequence[tuple[str, int]], grid: Grid, matching: Matching
+) -> np.ndarray:
+    """(n, 2) velocity and error of each spectrum (file, index) against its reference (NaN where a
+    file cannot be read or the correlation has no peak): :func:`against_spectra` for worker
+    processes, which get file positions rather than spectra."""
+    found = np.full((len(sources), 2), np.nan)
+    spectra, kept = [], []
+    for position, (source, reference) in enumerate(zip(sources, references, strict=True)):
+        try:
+            spectra.append(
+                (
+                    read_spectra(source[0], index=source[1])[0],
+                    read_spectra(reference[0], index=reference[1])[0],
+                )
+            )
+        except SpectrumReadError:
+            continue
+        kept.append(position)
+    velocities = against_spectra([s for s, _ in spectra], [r for _, r in spectra], grid, matching)
+    for position, velocity in zip(kept, velocities, strict=True):
+        if velocity is not None:
+            found[position] = velocity.rv_kms, velocity.error_kms
+    return found
 
 
 def correlate_arrays(

@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ from model.api import (
     CONTINUUM_TOLERANCE_FILE,
     INDEX_FILE,
     MEAN_FILE,
+    NEIGHBOUR_VELOCITY_FILE,
     QUALITY_FILE,
     VAR_FILE,
     VELOCITY_FILE,
@@ -42,6 +46,7 @@ from model.readers import iter_spectra, label_key, read_spectra
 from model.similarity import LatentIndex
 from model.spectrum import KNOWN_LABELS, Spectrum, SpectrumReadError
 from model.training import TrainConfig, train
+from model.velocity import against_files
 from service.archive import Archive, safe_key, utc_now
 from service.tap.schema import tableset_for, write_tap_schema
 
@@ -486,6 +491,55 @@ def ood_reference(chosen: np.ndarray, sample: OnGrid, index: LatentIndex, model:
     return OODReference.build(encoded.structured, nearest, encoded.line_signal)
 
 
+#: Rows per task of :func:`write_neighbour_velocities` in worker processes, and the archive size from
+#: which starting workers (each imports numpy, scipy and astropy afresh) pays for itself.
+NEIGHBOUR_CHUNK = 2000
+NEIGHBOUR_PARALLEL_FROM = 20000
+
+
+def write_neighbour_velocities(
+    archive: Archive, model: LatentModel, index: LatentIndex, k: int, progress: bool = False
+) -> np.ndarray:
+    """Each archive spectrum's velocity against its nearest other archive spectrum by the index, the
+    one ``/similar?ID=`` cross-correlates it with by default (``query_rv_xcorr``), so that answer
+    reads no files. Measured as if the neighbour were at rest; the service adds the neighbour's own
+    velocity. Large archives are measured in worker processes started fresh (spawned, never forked:
+    this process has torch loaded).
+    """
+    rows = archive.spectra(columns="source_path, source_index")
+    n = len(rows)
+    found = np.full((n, 3), np.nan)
+    for row in tqdm(range(n), desc="neighbours", unit="spectrum", disable=not progress):
+        nearest = index.query_row(row, k)[0]
+        if len(nearest) > 1:
+            found[row, 2] = nearest[1]
+    measured = np.flatnonzero(np.isfinite(found[:, 2]))
+    sources = [(rows[i]["source_path"], rows[i]["source_index"]) for i in measured]
+    references = [
+        (rows[j]["source_path"], rows[j]["source_index"]) for j in found[measured, 2].astype(np.int64)
+    ]
+    chunks = [slice(start, start + NEIGHBOUR_CHUNK) for start in range(0, len(measured), NEIGHBOUR_CHUNK)]
+    bar = tqdm(total=len(measured), desc="xcorr", unit="spectrum", disable=not progress)
+    measure = partial(against_files, grid=model.grid, matching=model.matching)
+    tasks = ([sources[c] for c in chunks], [references[c] for c in chunks])
+    if len(measured) < NEIGHBOUR_PARALLEL_FROM:
+        results = map(measure, *tasks)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"))
+        results = pool.map(measure, *tasks)
+    try:
+        for chunk, velocities in zip(chunks, results, strict=True):
+            found[measured[chunk], :2] = velocities
+            bar.update(len(velocities))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    write_npy_atomic(model.directory / NEIGHBOUR_VELOCITY_FILE, found)
+    return found
+
+
 def write_continuum_tolerance(model: LatentModel, sample: OnGrid) -> float:
     """How far an upload's continuum may stray from the one the model expects of it and still be
     compared (model/api.py): as far as most of the archive's own spectra (``sample``) stray, encoded
@@ -536,6 +590,8 @@ def build_index(archive: Archive, config: dict, version: int | None = None, prog
     meta = index.meta
     chosen, sample = reference_sample(archive, latent_model)
     ood_reference(chosen, sample, index, latent_model).save(directory / OOD_FILE)
+    if latent_model.velocity_dim is not None:
+        write_neighbour_velocities(archive, latent_model, index, section["k"], progress)
     if latent_model.continuum_channel:
         write_continuum_tolerance(latent_model, sample)
     archive.update_model(

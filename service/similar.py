@@ -410,21 +410,29 @@ def neighbour_velocity(query: Query, served: ServedModel, rows: np.ndarray) -> V
     """The query's velocity against the nearest archive spectrum that is not the query itself.
 
     That spectrum's own velocity: 0 in an archive at rest, else its ``rv`` label, else the model's.
+    An archive spectrum's velocity against the neighbour the index gives it was measured by
+    ``latentvo index`` (``archive_neighbour_velocities``); any other pair is measured now.
     """
     others = [int(r) for r in rows if query.row is None or int(r) != query.row]
     if not others:
         return None
-    did = served.dids[others[0]]
-    row = spectrum_row(did)
+    nearest = others[0]
     own = 0.0
     if served.model.velocity_frame != "rest":
+        own = spectrum_row(served.dids[nearest])["rv"]
         velocities = served.model.archive_velocities
-        own = row["rv"] if row["rv"] is not None else None
         if own is None and velocities is not None:
-            own = float(velocities[others[0], 0])
+            own = float(velocities[nearest, 0])
         if own is None or not math.isfinite(own):
             return None
-    return served.model.velocity_from(query.spectrum, read_spectrum(row), float(own))
+    stored = served.model.archive_neighbour_velocities if query.row is not None else None
+    if stored is not None and stored[query.row, 2] == nearest:
+        rv, error = (float(v) for v in stored[query.row, :2])
+        relative = Velocity(rv, error) if math.isfinite(rv) and math.isfinite(error) else None
+    else:
+        reference = read_spectrum(spectrum_row(served.dids[nearest]))
+        relative = served.model.velocity_from(query.spectrum, reference, 0.0)
+    return None if relative is None else relative.shifted(own)
 
 
 # -- the answer --------------------------------------------------------------------------------

@@ -6,15 +6,28 @@ place decides the VOTable version, the status INFOs and the serialisation.
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from functools import cache
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import astuple, dataclass
+from functools import cache, lru_cache
 
 import numpy as np
 from astropy.io.votable.exceptions import W03, VOWarning
-from astropy.io.votable.tree import Field, Group, Info, Param, Resource, TableElement, Values, VOTableFile
+from astropy.io.votable.tree import (
+    Field,
+    Group,
+    Info,
+    Link,
+    Param,
+    Resource,
+    TableElement,
+    Values,
+    VOTableFile,
+)
+from astropy.utils.collections import HomogeneousList
+from astropy.utils.xml.writer import XMLWriter
 
 VOTABLE_VERSION = "1.4"
 VOTABLE_MIME = "application/x-votable+xml"
@@ -75,21 +88,101 @@ class Column:
     ID: str | None = None
 
     def field(self, document: VOTableFile) -> Field:
-        element = Field(
-            document,
-            name=self.name,
-            datatype=self.datatype,
-            arraysize=self.arraysize,
-            unit=self.unit,
-            ucd=self.ucd,
-            utype=self.utype,
-            xtype=self.xtype,
-            ID=self.ID,
-            config=element_config(document),
-        )
-        if self.description:
-            element.description = self.description
-        return element
+        return _fresh(_field_prototype(document.version, astuple(self)))
+
+
+@lru_cache(maxsize=4096)
+def _field_prototype(version: str, spec: tuple) -> Field:
+    column = Column(*spec)
+    document = _blank_document(version)
+    element = CachedField(
+        document,
+        name=column.name,
+        datatype=column.datatype,
+        arraysize=column.arraysize,
+        unit=column.unit,
+        ucd=column.ucd,
+        utype=column.utype,
+        xtype=column.xtype,
+        ID=column.ID,
+        config=element_config(document),
+    )
+    if column.description:
+        element.description = column.description
+    return element
+
+
+@cache
+def _blank_document(version: str) -> VOTableFile:
+    """The document element prototypes belong to (so they keep no request's document alive)."""
+    return VOTableFile(version=version)
+
+
+def _fresh(prototype):
+    """A copy of a FIELD or PARAM prototype with lists of its own: building an astropy element
+    (converter, unit parsing, UCD checks) costs far more than copying one."""
+    element = copy.copy(prototype)
+    element._links = HomogeneousList(Link)
+    element.values = Values(prototype._votable, element)
+    return element
+
+
+#: Stands for a PARAM's value in its cached XML (a private-use character: no text of ours holds it).
+_VALUE = "\ue000"
+#: XML of FIELDs and PARAMs (with _VALUE for the value), by element, attributes and indentation.
+_RENDERED: dict[tuple, str] = {}
+_RENDERED_MAX = 20000
+
+
+class _CachedXML:
+    """FIELD and PARAM elements that write their XML from a cache (astropy writes each through
+    several layers of its XMLWriter: a quarter of /similar's time). The text is astropy's own,
+    rendered once per element shape and indentation; tests compare the bytes with astropy's."""
+
+    _attr_list: list[str]
+
+    def _cached_xml(self, w: XMLWriter, render: Callable[[XMLWriter], None]) -> str | None:
+        if not self.values.is_defaults() or len(self.links) or _VALUE in (self.description or ""):
+            return None
+        depth = len(w._tags)
+        key = (self._element_name, depth, self.description, *(getattr(self, a) for a in self._attr_list))
+        text = _RENDERED.get(key)
+        if text is None:
+            buffer = io.StringIO()
+            writer = XMLWriter(buffer)
+            writer._tags = ["_"] * depth
+            render(writer)
+            text = buffer.getvalue()
+            if len(_RENDERED) >= _RENDERED_MAX:
+                _RENDERED.clear()
+            _RENDERED[key] = text
+        return text
+
+
+class CachedField(_CachedXML, Field):
+    def to_xml(self, w: XMLWriter, **kwargs) -> None:
+        text = self._cached_xml(w, lambda writer: Field.to_xml(self, writer, **kwargs))
+        if text is None:
+            Field.to_xml(self, w, **kwargs)
+            return
+        w._flush()
+        w.write(text)
+
+
+class CachedParam(_CachedXML, Param):
+    def to_xml(self, w: XMLWriter, **kwargs) -> None:
+        value = self._value
+        self._value = _VALUE  # the attributes (and so the cache key) without the value
+        try:
+            text = self._cached_xml(w, lambda writer: Field.to_xml(self, writer, **kwargs))
+        finally:
+            self._value = value
+        if text is None:
+            Param.to_xml(self, w, **kwargs)
+            return
+        shown = self.converter.output(value, False)
+        w._flush()
+        w.write(text.replace(_VALUE, w.xml_escape(shown if shown is not None else "")))
 
 
 def add_table(
@@ -190,12 +283,34 @@ def param(
     description: str | None = None,
     xtype: str | None = None,
 ) -> Param:
+    element = _fresh(
+        _param_prototype(
+            document.version, name, datatype, arraysize, ucd, utype, unit, ref, description, xtype
+        )
+    )
+    element.value = value
+    return element
+
+
+@lru_cache(maxsize=4096)
+def _param_prototype(
+    version: str,
+    name: str,
+    datatype: str,
+    arraysize: str | None,
+    ucd: str | None,
+    utype: str | None,
+    unit: str | None,
+    ref: str | None,
+    description: str | None,
+    xtype: str | None,
+) -> Param:
+    document = _blank_document(version)
     with warnings.catch_warnings():  # W03: astropy derives an ID from names like INPUT:POS; dropped below
         warnings.simplefilter("ignore", W03)
-        element = Param(
+        element = CachedParam(
             document,
             name=name,
-            value=value,
             datatype=datatype,
             arraysize=arraysize,
             ucd=ucd,

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from scipy.ndimage import gaussian_filter1d
 
-from model.preprocess import C_KMS, Grid, prepare, prepare_augmented
+from model.preprocess import C_KMS, Grid, gaussian_smooth, prepare, prepare_augmented
 from model.spectrum import Spectrum, air_to_vacuum, vacuum_to_air
 
 
@@ -107,3 +108,13 @@ def test_masked_pixels_have_no_noise():
     spectrum = Spectrum(wave, np.ones_like(wave), ivar=np.full_like(wave, 100.0), mask=mask)
     p = prepare(spectrum, Grid(4000.0, 8000.0, 800))
     assert np.isnan(p.noise[~p.good]).all() and np.isfinite(p.noise[p.good]).all()
+
+
+@pytest.mark.parametrize(("n", "sigma"), [(12000, 400.0), (3000, 100.0), (50, 30.0), (9, 0.7)])
+def test_gaussian_smooth_is_scipys_gaussian_filter(n, sigma):
+    """The FFT smoothing of the pseudo-continuum gives what scipy.ndimage's direct sum gives,
+    edges included, also where the kernel is wider than the spectrum."""
+
+    values = 1.0 + np.cumsum(np.random.default_rng(n).normal(size=n)) / n + np.linspace(0, 3, n)
+    expected = gaussian_filter1d(values, sigma, mode="nearest")
+    assert gaussian_smooth(values, sigma) == pytest.approx(expected, rel=1e-12, abs=0)

@@ -226,3 +226,24 @@ def test_a_continuum_model_is_trained_encoded_and_given_its_tolerance(tmp_path, 
     checked = model.encode_spectra(spectra, continuum="checked")
     assert (checked.continuum_used == (checked.continuum_mismatch <= model.continuum_tolerance)).all()
     archive.close()
+
+
+def test_index_measures_each_spectrums_velocity_against_its_nearest_neighbour(built, monkeypatch):
+    """``latentvo index`` stores, per archive row, the neighbour /similar?ID= cross-correlates with by
+    default (the index's nearest other row) and the velocity against it, as measured pair by pair;
+    worker processes (spawned, as for a large archive) give the same figures as one process."""
+    archive, config, _, version, *_ = built
+    model = LatentModel(archive.model_dir(version))
+    stored = np.array(model.archive_neighbour_velocities)
+    rows = archive.spectra(columns="source_path, source_index")
+    assert stored.shape == (len(rows), 3) and np.isfinite(stored).all()
+    for row in range(0, len(rows), 23):
+        nearest = model.index.query_row(row, config["index"]["k"])[0]
+        assert stored[row, 2] == nearest[1] != row
+        pair = [pipeline.read_rows([rows[i]])[0] for i in (row, int(nearest[1]))]
+        velocity = model.velocity_from(*pair, 0.0)
+        assert stored[row, :2] == pytest.approx([velocity.rv_kms, velocity.error_kms], rel=1e-9, abs=1e-9)
+    monkeypatch.setattr(pipeline, "NEIGHBOUR_PARALLEL_FROM", 0)
+    monkeypatch.setattr(pipeline, "NEIGHBOUR_CHUNK", 64)
+    in_workers = pipeline.write_neighbour_velocities(archive, model, model.index, config["index"]["k"])
+    np.testing.assert_array_equal(in_workers, stored)

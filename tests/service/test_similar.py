@@ -608,3 +608,23 @@ def test_what_a_model_load_leaves_is_kept_out_of_full_collections(client, dids):
     assert client.get("/similar", query_string={"ID": dids[1], "K": 3}).status_code == 200
     # The same version: nothing reloaded or frozen again (frozen objects freed by refcount drop out).
     assert frozen - 1000 < gc.get_freeze_count() <= frozen
+
+
+def test_an_archive_spectrums_neighbour_velocity_is_the_one_index_measured(live_server, client, dids):
+    """/similar?ID= takes query_rv_xcorr from what ``latentvo index`` measured, without reading
+    files; measured afresh (the stored figures taken away), the answer is the same to the byte."""
+    from model.api import NEIGHBOUR_VELOCITY_FILE
+
+    queries = [{"ID": did, "K": 4} for did in dids[:40:9]]
+    stored = [client.get("/similar", query_string=q).data for q in queries]
+    model = live_server.app.extensions["latentvo"]._served.model  # loaded by those requests
+    assert model.archive_neighbour_velocities is not None
+    for body in stored:
+        params = {p.name: p.value for p in table_of(body)[1].params}
+        assert np.isfinite(params["query_rv_xcorr"]) and params["query_rv_xcorr_err"] > 0
+    model._mapped[NEIGHBOUR_VELOCITY_FILE] = None
+    try:
+        fresh = [client.get("/similar", query_string=q).data for q in queries]
+    finally:
+        del model._mapped[NEIGHBOUR_VELOCITY_FILE]
+    assert fresh == stored
