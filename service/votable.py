@@ -10,10 +10,11 @@ import copy
 import io
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from functools import cache, lru_cache
 
 import numpy as np
+from astropy.io.votable import converters
 from astropy.io.votable.exceptions import W03, VOWarning
 from astropy.io.votable.tree import (
     Field,
@@ -88,7 +89,7 @@ class Column:
     ID: str | None = None
 
     def field(self, document: VOTableFile) -> Field:
-        return _fresh(_field_prototype(document.version, astuple(self)))
+        return _fresh(_field_prototype(document.version, tuple(vars(self).values())))
 
 
 @lru_cache(maxsize=4096)
@@ -121,6 +122,8 @@ def _blank_document(version: str) -> VOTableFile:
 def _fresh(prototype):
     """A copy of a FIELD or PARAM prototype with lists of its own: building an astropy element
     (converter, unit parsing, UCD checks) costs far more than copying one."""
+    if "_plain" not in vars(prototype):
+        prototype._plain = []
     element = copy.copy(prototype)
     element._links = HomogeneousList(Link)
     element.values = Values(prototype._votable, element)
@@ -137,9 +140,25 @@ _RENDERED_MAX = 20000
 class _CachedXML:
     """FIELD and PARAM elements that write their XML from a cache (astropy writes each through
     several layers of its XMLWriter: a quarter of /similar's time). The text is astropy's own,
-    rendered once per element shape and indentation; tests compare the bytes with astropy's."""
+    rendered once per element shape and indentation; tests compare the bytes with astropy's.
+
+    Before writing, astropy sets every FIELD and PARAM of a TABLE up again with an empty
+    configuration, which builds a new converter each time; copies of one prototype share that
+    converter (``_plain``, a box the copies share), as they share every attribute it depends on.
+    """
 
     _attr_list: list[str]
+    _plain: list
+
+    def _setup(self, config, pos) -> None:
+        if config or pos is not None or self.values._ref is not None:
+            super()._setup(config, pos)
+            return
+        if not self._plain:
+            self._plain.append(converters.get_converter(self, config, pos))
+        self.converter = self._plain[0]
+        if isinstance(self, Param):
+            self.value = self._value
 
     def _cached_xml(self, w: XMLWriter, render: Callable[[XMLWriter], None]) -> str | None:
         if not self.values.is_defaults() or len(self.links) or _VALUE in (self.description or ""):
