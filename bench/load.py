@@ -13,8 +13,13 @@ availability (a few hundred bytes through the same gunicorn, Flask and network s
 
 Needs wrk (Debian: apt-get install wrk).
 
+``--in-process N`` times N sequential requests of each query through Flask's test client instead
+(no gunicorn, no wrk): what the application itself costs, as the fixes in bench/results/fixes.md
+are measured.
+
 Usage: python bench/load.py --root DIR [--duration 30] [--connections 1 16 64] [--workers 2]
-Writes bench/results/load.json and load.md.
+       [--only NAME ...] [--in-process N]
+Writes bench/results/load.json and load.md (``--name`` sets the stem).
 """
 
 from __future__ import annotations
@@ -180,26 +185,18 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="names of the queries to run (default: all)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--name", default="load")
+    parser.add_argument(
+        "--in-process",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N sequential requests of each query through Flask's test client (p50, p95)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/load.py needs wrk: apt-get install wrk")
 
-    archive = Archive.from_config(load_config(DEMO_CONFIG, {"archive": {"root": str(args.root)}}, environ={}))
-    version = archive.current_model()["model_version"]
-    dids = archive.latent_dids(version)
-    n_spectra = len(dids)
-    rng = np.random.default_rng(0)
-    chosen = [dids[i] for i in rng.choice(n_spectra, size=min(args.ids, n_spectra), replace=False)]
-    row = archive.conn.execute(
-        "SELECT source_path, source_index, s_ra, s_dec FROM spectrum WHERE obs_publisher_did = ?",
-        (chosen[0],),
-    ).fetchone()
-    positioned = archive.conn.execute(
-        "SELECT s_ra, s_dec FROM spectrum WHERE s_ra IS NOT NULL LIMIT 1"
-    ).fetchone()
-    spectrum = read_spectra(row["source_path"], row["source_index"])[0]  # ingest stores absolute paths
-    archive.close()
-
+    chosen, positioned, spectrum, n_spectra = archive_sample(args.root, args.ids)
     results: dict = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
@@ -208,44 +205,96 @@ def main() -> None:
         "duration_s": args.duration,
         "runs": {},
     }
-    with tempfile.TemporaryDirectory() as tmp, gunicorn(args.root, workers=args.workers) as url:
+    with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         csv = write_flux_csv(work / "upload.csv", spectrum.wavelength, spectrum.flux)
-        queries = query_set(
-            chosen, tuple(positioned) if positioned else None, multipart("upload.csv", csv.read_bytes())
-        )
-        for name, query in queries.items():
-            if args.only and name not in args.only:
-                continue
-            probe = query["paths"][0]
-            answer = (
-                requests.post(
-                    url + probe,
-                    data=query["body"],
-                    headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
-                    timeout=60,
-                )
-                if "body" in query
-                else requests.get(url + probe, timeout=60)
-            )
-            if answer.status_code != 200:
-                raise RuntimeError(f"{name}: HTTP {answer.status_code}: {answer.text[:500]}")
-            for connections in args.connections:
-                run = run_wrk(url, query, connections, args.duration, work)
-                results["runs"].setdefault(name, {})[str(connections)] = run
-                errors = run["non_2xx"] + run["socket_errors"]
-                print(
-                    f"{name:18s} c={connections:<3d} {run['requests_per_s']:8.1f} req/s  "
-                    f"p50 {run['p50_ms']:7.1f} ms  p95 {run['p95_ms']:7.1f}  p99 {run['p99_ms']:7.1f}  "
-                    f"errors {errors}",
-                    flush=True,
-                )
-        results["worker_rss_mb"] = worker_rss_mb(url)
+        queries = query_set(chosen, positioned, multipart("upload.csv", csv.read_bytes()))
+        queries = {name: query for name, query in queries.items() if not args.only or name in args.only}
+        if args.in_process:
+            results["in_process"] = in_process(args.root, queries, args.in_process)
+        else:
+            with gunicorn(args.root, workers=args.workers) as url:
+                serve_under_load(url, queries, args, work, results)
+                results["worker_rss_mb"] = worker_rss_mb(url)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
     (args.out / f"{args.name}.md").write_text(text)
     print(text)
+
+
+def archive_sample(root: Path, ids: int) -> tuple[list[str], tuple[float, float] | None, object, int]:
+    """``ids`` archive DIDs drawn with a fixed seed, a position for the cone, the first one's
+    spectrum (the upload) and the archive's size."""
+    archive = Archive.from_config(load_config(DEMO_CONFIG, {"archive": {"root": str(root)}}, environ={}))
+    version = archive.current_model()["model_version"]
+    dids = archive.latent_dids(version)
+    rng = np.random.default_rng(0)
+    chosen = [dids[i] for i in rng.choice(len(dids), size=min(ids, len(dids)), replace=False)]
+    row = archive.conn.execute(
+        "SELECT source_path, source_index FROM spectrum WHERE obs_publisher_did = ?", (chosen[0],)
+    ).fetchone()
+    positioned = archive.conn.execute(
+        "SELECT s_ra, s_dec FROM spectrum WHERE s_ra IS NOT NULL LIMIT 1"
+    ).fetchone()
+    spectrum = read_spectra(row["source_path"], row["source_index"])[0]  # ingest stores absolute paths
+    archive.close()
+    return chosen, tuple(positioned) if positioned else None, spectrum, len(dids)
+
+
+def serve_under_load(url: str, queries: dict, args: argparse.Namespace, work: Path, results: dict) -> None:
+    for name, query in queries.items():
+        check(send(url, query, query["paths"][0]), name)
+        for connections in args.connections:
+            run = run_wrk(url, query, connections, args.duration, work)
+            results["runs"].setdefault(name, {})[str(connections)] = run
+            errors = run["non_2xx"] + run["socket_errors"]
+            print(
+                f"{name:18s} c={connections:<3d} {run['requests_per_s']:8.1f} req/s  "
+                f"p50 {run['p50_ms']:7.1f} ms  p95 {run['p95_ms']:7.1f}  p99 {run['p99_ms']:7.1f}  "
+                f"errors {errors}",
+                flush=True,
+            )
+
+
+def send(target, query: dict, path: str):
+    """One request of ``query`` to a server URL (requests) or a Flask test client."""
+    if isinstance(target, str):
+        if "body" in query:
+            headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+            return requests.post(target + path, data=query["body"], headers=headers, timeout=60)
+        return requests.get(target + path, timeout=60)
+    if "body" in query:
+        return target.post(path, data=query["body"], content_type=f"multipart/form-data; boundary={BOUNDARY}")
+    return target.get(path)
+
+
+def check(answer, name: str) -> None:
+    if answer.status_code != 200:
+        raise RuntimeError(f"{name}: HTTP {answer.status_code}: {answer.text[:500]}")
+
+
+def in_process(root: Path, queries: dict, n: int) -> dict:
+    """p50 and p95 of ``n`` sequential requests of each query through Flask's test client (no HTTP,
+    no gunicorn): what the application itself costs, the figure the fixes are measured by."""
+    from service.app import create_app
+
+    client = create_app(load_config(DEMO_CONFIG, {"archive": {"root": str(root)}}, environ={})).test_client()
+    found = {}
+    for name, query in queries.items():
+        paths = query["paths"]
+        for path in paths[:5]:  # warm up: model, index, open files
+            check(send(client, query, path), name)
+        seconds = []
+        for i in range(n):
+            started = time.perf_counter()
+            answer = send(client, query, paths[i % len(paths)])
+            seconds.append(time.perf_counter() - started)
+            check(answer, name)
+        ms = 1000 * np.asarray(seconds)
+        found[name] = {"n": n, "p50_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
+        print(f"{name:32s} in process  p50 {found[name]['p50_ms']:7.2f} ms  p95 {found[name]['p95_ms']:7.2f}")
+    return found
 
 
 def run_cells(r: dict) -> Iterator[tuple[str, str, dict, list[str]]]:
@@ -258,6 +307,20 @@ def run_cells(r: dict) -> Iterator[tuple[str, str, dict, list[str]]]:
 
 
 def markdown(r: dict) -> str:
+    if "in_process" in r:
+        lines = [
+            f"# In process (Flask's test client, no HTTP): {r['n_spectra']} spectra",
+            "",
+            f"Run {r['when']} on {r['machine']}; sequential requests, cycling through archive spectra.",
+            "",
+            "| query | requests | p50 ms | p95 ms |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {run['n']} | {run['p50_ms']:.2f} | {run['p95_ms']:.2f} |"
+            for name, run in r["in_process"].items()
+        ]
+        return "\n".join(lines + [""])
     lines = [
         f"# Serving under load: {r['n_spectra']} spectra, {r['workers']} gunicorn workers",
         "",
