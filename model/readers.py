@@ -506,6 +506,19 @@ def _tform(text: str) -> tuple[int, str]:
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+#: What else reading a row asks of an open HDU (its row codec, data offset, shared grid), by question.
+_HDU_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _hdu_fact(hdu: fits.hdu.base._BaseHDU, question: tuple, answer: Callable[[], Any]) -> Any:
+    """``answer()`` once per HDU and question while the HDU lives: a server or ``latentvo index``
+    reading single rows of a kept-open table would otherwise parse its header for every row."""
+    facts = _HDU_FACTS.setdefault(hdu, {})
+    if question not in facts:
+        facts[question] = answer()
+    return facts[question]
+
+
 def _layout(hdu: fits.BinTableHDU | fits.TableHDU) -> _TableLayout:
     """Column names, units and repeats from TTYPEn/TUNITn/TFORMn: ``hdu.columns`` of a table read
     from a file maps and wraps all its rows first, a cost per file open that one row does not need.
@@ -633,7 +646,11 @@ def _table_parts(path: PathArg, hdul: fits.HDUList, number: int, index: int | No
         yield _Part(0, _arrays_from_columns(path, columns, units), header_meta, {}, units, columns)
         return
     wave = _pick(names, _WAVE_NAMES + _LOGWAVE_NAMES)
-    grid = None if wave and _repeat(hdu, wave) == width else _shared_grid(path, hdul, number, width)
+    grid = (
+        None
+        if wave and _repeat(hdu, wave) == width
+        else _hdu_fact(hdu, ("grid", width), lambda: _shared_grid(path, hdul, number, width))
+    )
     shared = None if grid is None else _SharedGrid(grid)
     positions = _positions(path, index, hdu.header["NAXIS2"])
     for first, rows in _row_blocks(path, hdul, number, positions):
@@ -672,8 +689,8 @@ def _row_blocks(
             for start in starts:
                 yield start, hdu.data[start : min(start + step, end)]
             return
-        offset = hdul.fileinfo(number)["datLoc"]
-        codec = _row_codec(hdu)
+        offset = _hdu_fact(hdu, ("offset",), lambda: hdul.fileinfo(number)["datLoc"])
+        codec = _hdu_fact(hdu, ("codec",), lambda: _row_codec(hdu))
         heads: dict[int, bytes] = {}  # the block header for each block length (at most two of them)
         for start in starts:
             count = min(step, end - start)
