@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,8 +57,7 @@ def report(results: Path) -> str:
     lines = [
         "# Benchmark results",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench BENCH_N={n}` "
-        f"on {machine()}.",
+        f"From the run `make bench BENCH_N={n}` of {load['when']} (its serving part) on {machine()}.",
         "Every figure is from the run itself (bench/results/pipeline.json, load.json).",
         "",
         f"## Pipeline: {n} synthetic spectra × {pipeline['n_pixels_input']} pixels (model/synthetic.py)",
