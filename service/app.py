@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from service import __version__
 from service.config import load_config
 from service.errors import DALIError, internal_error
-from service.state import ServiceState, close_archive
+from service.state import ServiceState, release_archive
 from service.votable import VOTABLE_MIME, error_document
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.config["LATENTVO"] = config
     app.config["MAX_CONTENT_LENGTH"] = config["service"]["max_request_bytes"]
     app.extensions["latentvo"] = ServiceState(config)
-    app.teardown_appcontext(close_archive)
+    app.teardown_appcontext(release_archive)
 
     from service import data, datalink, explore, similar, ssap, web
     from service.tap import blueprint as tap

@@ -1,4 +1,5 @@
-"""What one server process holds: configuration, a read-only archive per request, the model in service.
+"""What one server process holds: configuration, a read-only archive connection per thread, the model
+in service.
 
 The model version in service (``ml_model.is_current``) is checked on every request and
 reloaded when ``latentvo index`` has swapped in a new one, so a new version goes live
@@ -10,6 +11,7 @@ collector: its full collections scanned all of it and held a request for 160 ms 
 from __future__ import annotations
 
 import gc
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,21 +46,38 @@ class ServiceState:
         self.root = Path(section["root"])
         self._lock = threading.Lock()
         self._served: ServedModel | None = None
+        self._connections = threading.local()
 
     def url(self, path: str) -> str:
         """An absolute public URL; never built from the request's Host header."""
         return f"{self.base_url}/{path.lstrip('/')}"
 
     def archive(self) -> Archive:
-        """A read-only archive connection for the current request (closed at teardown)."""
-        if "latentvo_archive" not in g:
-            if not self.database.exists():
-                raise TransientError(f"the archive database {self.database.name} does not exist yet")
+        """This thread's read-only archive connection, kept from request to request: opening one and
+        reading the schema costs ~2 ms, a quarter of the cheaper answers. A database file replaced
+        since (another inode) is opened afresh; what a request leaves on the connection (TAP_UPLOAD
+        tables, an open transaction) is taken away when it ends (:func:`release_archive`)."""
+        try:
+            info = self.database.stat()
+        except FileNotFoundError:
+            raise TransientError(f"the archive database {self.database.name} does not exist yet") from None
+        identity = (info.st_dev, info.st_ino)
+        held = getattr(self._connections, "held", None)
+        if held is None or held[0] != identity:
+            if held is not None:
+                held[1].close()
             section = self.config["archive"]
-            g.latentvo_archive = Archive(
+            archive = Archive(
                 section["root"], section["database"], section["authority"], self.base_url, readonly=True
             )
-        return g.latentvo_archive
+            held = self._connections.held = (identity, archive)
+        g.latentvo_archive = held[1]
+        return held[1]
+
+    def forget_archive(self, archive: Archive) -> None:
+        held = getattr(self._connections, "held", None)
+        if held is not None and held[1] is archive:
+            del self._connections.held
 
     def served_model(self) -> ServedModel:
         """The current model version, (re)loaded when the archive says another one is in service."""
@@ -86,7 +105,19 @@ def state() -> ServiceState:
     return current_app.extensions["latentvo"]
 
 
-def close_archive(_exc: BaseException | None = None) -> None:
+def release_archive(_exc: BaseException | None = None) -> None:
+    """End of a request: roll back what it began and drop the TEMP tables it made (TAP uploads), so the
+    thread's kept connection holds nothing of one request into the next."""
     archive = g.pop("latentvo_archive", None)
-    if archive is not None:
+    if archive is None:
+        return
+    conn = archive.conn
+    try:
+        if conn.in_transaction:
+            conn.rollback()
+        temporary = conn.execute("SELECT name FROM temp.sqlite_master WHERE type = 'table'").fetchall()
+        for (name,) in temporary:
+            conn.execute('DROP TABLE temp."{}"'.format(name.replace('"', '""')))
+    except sqlite3.Error:  # a connection in an unknown state is not kept
         archive.close()
+        state().forget_archive(archive)

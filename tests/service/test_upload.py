@@ -6,6 +6,7 @@ import io
 import time
 import warnings
 import xml.etree.ElementTree as ET
+from contextlib import closing
 from urllib.parse import quote
 
 import numpy as np
@@ -350,3 +351,49 @@ def test_capabilities_declare_uploads(live_server, tap):
     methods = {m.ivo_id for m in tap.upload_methods}
     base = "ivo://ivoa.net/std/TAPRegExt#upload-"
     assert {base + "inline", base + "http"} <= methods
+
+
+def test_a_kept_connection_carries_nothing_of_one_request_into_the_next(client):
+    """Each thread keeps its archive connection between requests; an upload's TEMP table and the
+    transaction that filled it end with the request that made them, whatever the next one asks."""
+    from service.state import ServiceState
+
+    files = {"t1": (io.BytesIO(round_trip_votable("tabledata")), "t1.xml")}
+    data = {"LANG": "ADQL", "QUERY": "SELECT COUNT(*) AS n FROM TAP_UPLOAD.t1", "UPLOAD": "t1,param:t1"}
+    assert client.post("/tap/sync", data={**data, **files}).status_code == 200
+    service = client.application.extensions["latentvo"]
+    assert isinstance(service, ServiceState)
+    kept = service._connections.held[1]
+    assert kept.conn.execute("SELECT COUNT(*) FROM temp.sqlite_master").fetchone()[0] == 0
+    assert not kept.conn.in_transaction
+    again = client.post("/tap/sync", data={"LANG": "ADQL", "QUERY": "SELECT * FROM TAP_UPLOAD.t1"})
+    assert again.status_code == 400 and b"t1" in again.data
+    assert service._connections.held[1] is kept  # the same connection served both
+
+
+def test_a_replaced_archive_file_is_opened_afresh(tmp_path, live_server):
+    """A database file replaced under a running server (a rebuilt archive: another inode) is read
+    from the next request on, not from the connection kept to the old file."""
+    import copy
+    import shutil
+    import sqlite3
+
+    from service.app import create_app
+
+    root = tmp_path / "archive"
+    shutil.copytree(live_server.config["archive"]["root"], root)
+    config = copy.deepcopy(live_server.config)
+    config["archive"]["root"] = str(root)
+    client = create_app(config).test_client()
+    count = {"LANG": "ADQL", "QUERY": "SELECT COUNT(*) AS n FROM ivoa.obscore", "RESPONSEFORMAT": "csv"}
+    before = int(client.get("/tap/sync", query_string=count).data.split()[-1])
+    database = root / config["archive"]["database"]
+    rebuilt = root / "rebuilt.sqlite"
+    with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(rebuilt)) as target:
+        source.backup(target)
+        target.execute("PRAGMA foreign_keys=OFF")
+        target.execute("DELETE FROM spectrum WHERE row_id % 2 = 0")
+        target.commit()
+    rebuilt.replace(database)
+    after = int(client.get("/tap/sync", query_string=count).data.split()[-1])
+    assert before > after > 0
