@@ -91,10 +91,7 @@ def against_spectrum(
 ) -> Velocity | None:
     """The velocity of ``spectrum`` from lining it up with ``reference`` (an archive spectrum whose own
     velocity is ``reference_kms``)."""
-    flux, good = on_fine_grid(spectrum, grid, matching)
-    template, template_good = on_fine_grid(reference, grid, matching)
-    template = np.where(template_good, template, 1.0)  # no lines where the reference has no data
-    found = correlate_arrays(flux, good, template, fine_grid(grid).velocity_step_kms)
+    found = against_spectra([spectrum], [reference], grid, matching)[0]
     return None if found is None else found.shifted(reference_kms)
 
 
@@ -110,7 +107,7 @@ def against_spectra(
         for spectrum, reference in zip(spectra[batch], references[batch], strict=True):
             observed.append(on_fine_grid(spectrum, grid, matching))
             template, template_good = on_fine_grid(reference, grid, matching)
-            templates.append(np.where(template_good, template, 1.0))
+            templates.append(np.where(template_good, template, 1.0))  # no lines where it has no data
         flux, good = np.stack([f for f, _ in observed]), np.stack([g for _, g in observed])
         found += correlate_many(flux, good, np.stack(templates), fine_grid(grid).velocity_step_kms)
     return found

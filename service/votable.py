@@ -47,7 +47,14 @@ def element_config(document: VOTableFile) -> dict:
 
 @cache
 def _version_config(version: str) -> dict:
-    return VOTableFile(version=version)._get_version_checks()
+    return _blank_document(version)._get_version_checks()
+
+
+@cache
+def _blank_document(version: str) -> VOTableFile:
+    """One empty document per version: what the version checks and element prototypes come from (so
+    a prototype keeps no request's document alive)."""
+    return VOTableFile(version=version)
 
 
 def info(name: str, value: str, content: str | None = None, **attrs: str) -> Info:
@@ -108,22 +115,20 @@ def _field_prototype(version: str, spec: tuple) -> Field:
         ID=column.ID,
         config=element_config(document),
     )
-    if column.description:
-        element.description = column.description
+    return _prototype(element, column.description)
+
+
+def _prototype(element, description: str | None):
+    """A FIELD or PARAM to copy from: its description, and the box its copies share a converter in."""
+    element._plain = []
+    if description:
+        element.description = description
     return element
-
-
-@cache
-def _blank_document(version: str) -> VOTableFile:
-    """The document element prototypes belong to (so they keep no request's document alive)."""
-    return VOTableFile(version=version)
 
 
 def _fresh(prototype):
     """A copy of a FIELD or PARAM prototype with lists of its own: building an astropy element
     (converter, unit parsing, UCD checks) costs far more than copying one."""
-    if "_plain" not in vars(prototype):
-        prototype._plain = []
     element = copy.copy(prototype)
     element._links = HomogeneousList(Link)
     element.values = Values(prototype._votable, element)
@@ -340,9 +345,7 @@ def _param_prototype(
             config=element_config(document),
         )
     element.ID = None
-    if description:
-        element.description = description
-    return element
+    return _prototype(element, description)
 
 
 @dataclass
