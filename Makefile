@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-miles clean stilts chromium vendor
+.PHONY: install demo test lint bench bench-miles clean stilts chromium postgresql vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,12 @@ stilts:
 chromium:
 	$(call debian_tool,chromium,the explorer's browser tests,or set LATENTVO_CHROMIUM to a Chromium or Chrome executable,[ -n "$$LATENTVO_CHROMIUM" ] ||)
 
-test: install stilts chromium
+# The storage tests run every stage and endpoint on a PostgreSQL server of their own (tests/postgres.py
+# starts one in a temporary directory): they need the server programs, not a running service.
+postgresql:
+	$(call debian_tool,postgresql,the archive tests on PostgreSQL,or set LATENTVO_POSTGRES_BIN to the directory holding initdb and pg_ctl,[ -n "$$LATENTVO_POSTGRES_BIN" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||)
+
+test: install stilts chromium postgresql
 	$(BIN)/python -m pytest -q tests
 
 lint: install

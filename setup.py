@@ -35,6 +35,8 @@ setup(
         "tqdm>=4.66",
         "sqlglot>=25",
         "gunicorn>=22",
+        "psycopg[binary]>=3.1",
+        "psycopg-pool>=3.2",
         "matplotlib>=3.8",
     ],
     extras_require={

@@ -231,10 +231,10 @@ def archive_sample(root: Path, ids: int) -> tuple[list[str], tuple[float, float]
     dids = archive.latent_dids(version)
     rng = np.random.default_rng(0)
     chosen = [dids[i] for i in rng.choice(len(dids), size=min(ids, len(dids)), replace=False)]
-    row = archive.conn.execute(
+    row = archive.db.execute(
         "SELECT source_path, source_index FROM spectrum WHERE obs_publisher_did = ?", (chosen[0],)
     ).fetchone()
-    positioned = archive.conn.execute(
+    positioned = archive.db.execute(
         "SELECT s_ra, s_dec FROM spectrum WHERE s_ra IS NOT NULL LIMIT 1"
     ).fetchone()
     spectrum = read_spectra(row["source_path"], row["source_index"])[0]  # ingest stores absolute paths

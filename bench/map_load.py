@@ -76,7 +76,7 @@ def grow(root: Path, target: Path, n: int) -> int:
     shutil.copytree(root, target, ignore=shutil.ignore_patterns("jobs", "*.log"))
     archive = Archive.from_config(load_config(DEMO_CONFIG, {"archive": {"root": str(target)}}, environ={}))
     version = archive.current_model()["model_version"]
-    real = archive.conn.execute("SELECT * FROM spectrum LIMIT 1").fetchone()
+    real = archive.db.execute("SELECT * FROM spectrum LIMIT 1").fetchone()
     have = archive.count()
     extra = n - have
     rng = np.random.default_rng(1)
@@ -99,7 +99,7 @@ def grow(root: Path, target: Path, n: int) -> int:
         )
         rows.append(row)
     archive.upsert_spectra(rows)
-    start = archive.conn.execute("SELECT MAX(row_index) FROM ml_latent WHERE model_version = ?", (version,))
+    start = archive.db.execute("SELECT MAX(row_index) FROM ml_latent WHERE model_version = ?", (version,))
     first = start.fetchone()[0] + 1
     xy = np.column_stack(
         [np.log10(teff) * 8 + rng.normal(0, 0.2, extra), logg + feh + rng.normal(0, 0.2, extra)]
@@ -121,7 +121,7 @@ def grow(root: Path, target: Path, n: int) -> int:
                 for i, r in enumerate(rows)
             ),
         )
-    total = archive.conn.execute(
+    total = archive.db.execute(
         "SELECT COUNT(*) FROM ml_map WHERE model_version = ? AND method = 'pca'", (version,)
     ).fetchone()[0]
     archive.close()

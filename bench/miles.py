@@ -247,7 +247,7 @@ def main() -> None:
     reference = next(iter(errors.values()))
     samples = resampled_stars(groups)
     votes = {name: vote_summary(e, reference, samples) for name, e in errors.items()}
-    mi_rows = archive.conn.execute(
+    mi_rows = archive.db.execute(
         "SELECT dim, label, mi, mi_error, pca_mi, pca_mi_error, informative FROM ml_label_correlation "
         "WHERE model_version = ? ORDER BY label, dim",
         (version,),
@@ -256,7 +256,7 @@ def main() -> None:
     recon = np.array(
         [
             r[0]
-            for r in archive.conn.execute(
+            for r in archive.db.execute(
                 "SELECT recon_error FROM ml_latent WHERE model_version = ?", (version,)
             )
         ]

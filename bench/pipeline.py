@@ -93,7 +93,12 @@ def main() -> None:
     archive = Archive.from_config(config)
     summary = stage("ingest", lambda: pipeline.ingest(archive, [table], collection="synth", progress=False))
     assert summary.added == args.n, summary
-    result["database_mb"] = round(archive.path.stat().st_size / 2**20)
+    if archive.db.dialect == "sqlite":
+        result["database_mb"] = round(archive.db.path.stat().st_size / 2**20)
+    else:
+        result["database_mb"] = round(
+            archive.db.scalar("SELECT pg_database_size(current_database())") / 2**20
+        )
     version = stage(
         "train", lambda: pipeline.train_model(archive, config, progress=False), args.train_spectra
     )

@@ -10,8 +10,9 @@ from werkzeug.exceptions import HTTPException
 
 from service import __version__
 from service.config import load_config
-from service.errors import DALIError, internal_error
+from service.errors import DALIError, TransientError, internal_error
 from service.state import ServiceState, release_archive
+from service.storage import DatabaseError
 from service.votable import VOTABLE_MIME, error_document
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(explore.bp, url_prefix="/explore")
 
     app.register_error_handler(DALIError, dali_error)
+    app.register_error_handler(DatabaseError, database_error)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, server_error)
     app.after_request(server_header)
@@ -70,6 +72,16 @@ def http_error(exc: HTTPException) -> Response | HTTPException:
             response.headers["Allow"] = ", ".join(getattr(exc, "valid_methods", None) or [])
         return response
     return exc
+
+
+def database_error(exc: DatabaseError) -> Response:
+    """A lost or busy database is the client's to retry (503); anything else is ours (500)."""
+    if not exc.transient:
+        return server_error(exc)
+    busy = TransientError("the archive database is busy or out of reach; try again shortly")
+    if request.path.startswith(JSON_PREFIXES):
+        return explore_json_error(busy)
+    return dali_error(busy)
 
 
 def server_error(exc: Exception) -> Response:

@@ -1,7 +1,8 @@
 """The archive database: spectra and labels, model versions, latents, label correlations.
 
-One SQLite file under the archive root (``archive.root`` / ``archive.database``), plus one
-directory per model version under ``root/models``. Every write runs in a transaction, so a
+The database (``archive.database``: a SQLite file under the archive root, or a PostgreSQL URL) is
+reached through the storage layer (:mod:`service.storage`); the files of each model version live
+in one directory per version under ``root/models``. Every write runs in a transaction, so a
 failure leaves the archive as it was. The schema is declared in ``resources/schema.sql``.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from model.spectrum import KNOWN_LABELS
+from service.storage import Database, Row, open_database
 
-SCHEMA_FILE = Path(__file__).resolve().parents[1] / "resources" / "schema.sql"
 SPECTRUM_COLUMNS = (
     "obs_publisher_did",
     "obs_id",
@@ -55,7 +55,7 @@ def utc_now() -> str:
 
 
 class Archive:
-    """Access to one archive root; cheap to create, one SQLite connection per instance."""
+    """Access to one archive root; cheap to create, one database connection per instance."""
 
     def __init__(
         self,
@@ -66,21 +66,13 @@ class Archive:
         readonly: bool = False,
     ) -> None:
         self.root = Path(root)
-        self.path = self.root / database
         self.authority = authority
         self.readonly = readonly
-        if readonly:
-            self.conn = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
-            )
-        else:
+        if not readonly:
             self.root.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.executescript(SCHEMA_FILE.read_text())
+        self.db: Database = open_database(database, self.root, readonly=readonly)
+        if not readonly:
             self.set_setting("base_url", base_url.rstrip("/"))
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA foreign_keys=ON")
 
     @classmethod
     def from_config(cls, config: dict, readonly: bool = False) -> Archive:
@@ -94,25 +86,19 @@ class Archive:
         )
 
     def close(self) -> None:
-        self.conn.close()
+        self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Database]:
         """All or nothing: commit on success, roll back on any exception."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            yield self.conn
-        except BaseException:
-            self.conn.rollback()
-            raise
-        else:
-            self.conn.commit()
+        with self.db.transaction() as db:
+            yield db
 
     # -- settings and identifiers -------------------------------------------------------
 
     def set_setting(self, name: str, value: str) -> None:
-        with self.transaction() as conn:
-            conn.execute(
+        with self.transaction() as db:
+            db.execute(
                 "INSERT INTO archive_setting VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 (name, value),
@@ -127,36 +113,36 @@ class Archive:
     def upsert_spectra(self, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
         """Insert or update spectra by DID in one transaction; returns (added, updated)."""
         dids = [r["obs_publisher_did"] for r in rows]
-        with self.transaction() as conn:
+        with self.transaction() as db:
             existing = set()
             for chunk in _chunks(dids, 900):
                 marks = ",".join("?" * len(chunk))
                 existing.update(
                     r[0]
-                    for r in conn.execute(
+                    for r in db.execute(
                         f"SELECT obs_publisher_did FROM spectrum WHERE obs_publisher_did IN ({marks})", chunk
                     )
                 )
             names = ",".join(SPECTRUM_COLUMNS)
             marks = ",".join("?" * len(SPECTRUM_COLUMNS))
             updates = ",".join(f"{c}=excluded.{c}" for c in SPECTRUM_COLUMNS[1:])
-            conn.executemany(
+            db.executemany(
                 f"INSERT INTO spectrum ({names}) VALUES ({marks}) "
                 f"ON CONFLICT(obs_publisher_did) DO UPDATE SET {updates}",
                 ([row.get(c) for c in SPECTRUM_COLUMNS] for row in rows),
             )
         return len(set(dids) - existing), len(existing)
 
-    def spectra(self, collection: str | None = None, columns: str = "*") -> list[sqlite3.Row]:
+    def spectra(self, collection: str | None = None, columns: str = "*") -> list[Row]:
         """All spectra (optionally of one collection) in a stable order (row_id)."""
         sql = f"SELECT {columns} FROM spectrum"
         args: tuple = ()
         if collection:
             sql, args = sql + " WHERE obs_collection = ?", (collection,)
-        return self.conn.execute(sql + " ORDER BY row_id", args).fetchall()
+        return self.db.all(sql + " ORDER BY row_id", args)
 
     def count(self, table: str = "spectrum") -> int:
-        return self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        return self.db.scalar(f"SELECT COUNT(*) FROM {table}")
 
     def label_arrays(self, dids: Sequence[str]) -> dict[str, np.ndarray]:
         """Numeric labels of the DIDs in that order (NaN where unknown); labels nobody has are left out."""
@@ -165,7 +151,7 @@ class Archive:
         lookup = {}
         for chunk in _chunks(list(dids), 900):
             marks = ",".join("?" * len(chunk))
-            for row in self.conn.execute(
+            for row in self.db.execute(
                 f"SELECT obs_publisher_did, {','.join(KNOWN_LABELS)}, extra_labels FROM spectrum "
                 f"WHERE obs_publisher_did IN ({marks})",
                 chunk,
@@ -188,14 +174,14 @@ class Archive:
 
     def next_model_version(self) -> int:
         """One more than any version in the database or on disk (a crashed run may have left a directory)."""
-        in_db = self.conn.execute("SELECT MAX(model_version) FROM ml_model").fetchone()[0] or 0
+        in_db = self.db.scalar("SELECT MAX(model_version) FROM ml_model") or 0
         on_disk = [int(p.name[1:]) for p in (self.root / "models").glob("v[0-9][0-9][0-9][0-9]")]
         return max([in_db, *on_disk]) + 1
 
     def add_model(self, version: int, config: dict, metrics: dict) -> None:
         grid, train = config["grid"], config["train"]
-        with self.transaction() as conn:
-            conn.execute(
+        with self.transaction() as db:
+            db.execute(
                 "INSERT INTO ml_model (model_version, created, stage, directory, training_set_hash, n_train, "
                 "grid_wave_min, grid_wave_max, grid_n_pixels, latent_dim, kl_weight, recon_rmse, metrics) "
                 "VALUES (?, ?, 'trained', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -215,44 +201,41 @@ class Archive:
                 ),
             )
 
-    def model(self, version: int | None = None) -> sqlite3.Row:
+    def model(self, version: int | None = None) -> Row:
         """One model version's row; by default the newest one."""
         if version is None:
-            row = self.conn.execute("SELECT * FROM ml_model ORDER BY model_version DESC LIMIT 1").fetchone()
+            row = self.db.one("SELECT * FROM ml_model ORDER BY model_version DESC LIMIT 1")
             if row is None:
                 raise LookupError("the archive has no trained model yet: run `latentvo train`")
             return row
-        row = self.conn.execute("SELECT * FROM ml_model WHERE model_version = ?", (version,)).fetchone()
+        row = self.db.one("SELECT * FROM ml_model WHERE model_version = ?", (version,))
         if row is None:
             raise LookupError(f"no model version {version}")
         return row
 
-    def current_model(self) -> sqlite3.Row:
+    def current_model(self) -> Row:
         """The version the service answers with: the one last swapped in by `latentvo index`."""
-        row = self.conn.execute("SELECT * FROM ml_model WHERE is_current = 1").fetchone()
+        row = self.db.one("SELECT * FROM ml_model WHERE is_current = 1")
         if row is None:
             raise LookupError("no model version is in service yet: run `latentvo index`")
         return row
 
     def update_model(self, version: int, **fields: Any) -> None:
         sets = ",".join(f"{name} = ?" for name in fields)
-        with self.transaction() as conn:
-            conn.execute(f"UPDATE ml_model SET {sets} WHERE model_version = ?", (*fields.values(), version))
+        with self.transaction() as db:
+            db.execute(f"UPDATE ml_model SET {sets} WHERE model_version = ?", (*fields.values(), version))
 
     def make_current(self, version: int) -> None:
         """Swap the version in service in one transaction (readers see the old or the new, never neither)."""
-        with self.transaction() as conn:
-            conn.execute("UPDATE ml_model SET is_current = (model_version = ?)", (version,))
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE ml_model SET is_current = CASE WHEN model_version = ? THEN 1 ELSE 0 END", (version,)
+            )
 
     # -- latents and analysis ------------------------------------------------------------
 
     def ensure_latent_columns(self, latent_dim: int) -> None:
-        have = {r[1] for r in self.conn.execute("PRAGMA table_info(ml_latent)")}
-        with self.transaction() as conn:
-            for i in range(latent_dim):
-                for name in (f"z{i}", f"z{i}_var"):
-                    if name not in have:
-                        conn.execute(f"ALTER TABLE ml_latent ADD COLUMN {name} REAL")
+        self.db.add_columns("ml_latent", [name for i in range(latent_dim) for name in (f"z{i}", f"z{i}_var")])
 
     def write_latents(
         self, version: int, dids: Sequence[str], mean: np.ndarray, var: np.ndarray, recon_error: np.ndarray
@@ -263,9 +246,9 @@ class Archive:
         zcols = [f"z{i}" for i in range(dim)] + [f"z{i}_var" for i in range(dim)]
         cols = ["obs_publisher_did", "model_version", "row_index", "recon_error", *zcols]
         sql = f"INSERT INTO ml_latent ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})"
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM ml_latent WHERE model_version = ?", (version,))
-            conn.executemany(
+        with self.transaction() as db:
+            db.execute("DELETE FROM ml_latent WHERE model_version = ?", (version,))
+            db.executemany(
                 sql,
                 (
                     (did, version, i, float(recon_error[i]), *mean[i].tolist(), *var[i].tolist())
@@ -275,16 +258,16 @@ class Archive:
 
     def latent_dids(self, version: int) -> list[str]:
         """DIDs in matrix row order."""
-        rows = self.conn.execute(
+        rows = self.db.execute(
             "SELECT obs_publisher_did FROM ml_latent WHERE model_version = ? ORDER BY row_index", (version,)
         )
         return [r[0] for r in rows]
 
     def row_of(self, version: int, did: str) -> int | None:
-        row = self.conn.execute(
+        row = self.db.one(
             "SELECT row_index FROM ml_latent WHERE model_version = ? AND obs_publisher_did = ?",
             (version, did),
-        ).fetchone()
+        )
         return None if row is None else row[0]
 
     def write_analysis(
@@ -311,27 +294,27 @@ class Archive:
             "pca_spearman",
             "n_spectra",
         )
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM ml_label_correlation WHERE model_version = ?", (version,))
-            conn.executemany(
+        with self.transaction() as db:
+            db.execute("DELETE FROM ml_label_correlation WHERE model_version = ?", (version,))
+            db.executemany(
                 f"INSERT INTO ml_label_correlation ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
                 ([version, *[row.get(c) for c in cols[1:]]] for row in correlations),
             )
-            conn.executemany(
+            db.executemany(
                 "UPDATE ml_latent SET lof_score = ?, anomaly_score = ? "
                 "WHERE model_version = ? AND row_index = ?",
                 ((float(lof[i]), float(anomaly[i]), version, i) for i in range(len(lof))),
             )
-            conn.execute(
+            db.execute(
                 "UPDATE ml_model SET informative_dims = ?, stage = 'analysed' WHERE model_version = ?",
                 (" ".join(map(str, informative)), version),
             )
 
     def write_map(self, version: int, method: str, dids: Sequence[str], xy: np.ndarray) -> None:
         """Replace the 2-D map of a version made by ``method`` (row i of ``xy`` is ``dids[i]``)."""
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM ml_map WHERE model_version = ? AND method = ?", (version, method))
-            conn.executemany(
+        with self.transaction() as db:
+            db.execute("DELETE FROM ml_map WHERE model_version = ? AND method = ?", (version, method))
+            db.executemany(
                 "INSERT INTO ml_map (model_version, method, obs_publisher_did, row_index, x, y) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 ((version, method, did, i, float(xy[i, 0]), float(xy[i, 1])) for i, did in enumerate(dids)),
@@ -339,12 +322,12 @@ class Archive:
 
     def map_methods(self, version: int) -> list[str]:
         """The projections stored for a version, PCA first."""
-        rows = self.conn.execute("SELECT DISTINCT method FROM ml_map WHERE model_version = ?", (version,))
+        rows = self.db.execute("SELECT DISTINCT method FROM ml_map WHERE model_version = ?", (version,))
         return sorted((r[0] for r in rows), key=lambda m: (m != "pca", m))
 
-    def map_points(self, version: int, method: str) -> list[sqlite3.Row]:
+    def map_points(self, version: int, method: str) -> list[Row]:
         """Every mapped spectrum of a version with what the map colours and labels points by."""
-        return self.conn.execute(
+        return self.db.all(
             "SELECT m.obs_publisher_did, m.x, m.y, s.obs_collection, s.target_name, s.teff, s.logg, s.feh, "
             "s.rv, s.snr, s.vsini, l.anomaly_score FROM ml_map AS m "
             "JOIN spectrum AS s ON s.obs_publisher_did = m.obs_publisher_did "
@@ -352,7 +335,7 @@ class Archive:
             "AND l.obs_publisher_did = m.obs_publisher_did "
             "WHERE m.model_version = ? AND m.method = ? ORDER BY m.row_index",
             (version, method),
-        ).fetchall()
+        )
 
 
 def safe_key(text: str) -> str:

@@ -15,6 +15,7 @@ from typing import NoReturn
 from service import __version__, pipeline
 from service.archive import Archive
 from service.config import ConfigError, load_config
+from service.storage import DatabaseError
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "resources" / "demo"
 
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         return run(args)
-    except (ConfigError, LookupError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, LookupError, ValueError, FileNotFoundError, DatabaseError) as exc:
         print(f"latentvo {args.verb}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import re
-import sqlite3
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from service import __version__
 from service.errors import DALIError, NotFoundError, UsageError
 from service.params import request_params
 from service.state import state
+from service.storage import Row
 from service.votable import VOTABLE_MIME, Column, info, new_document, param, serialise
 
 bp = Blueprint("data", __name__)
@@ -140,12 +140,12 @@ def _format(raw: str | None) -> str:
     return chosen
 
 
-def _row(key: str) -> sqlite3.Row:
+def _row(key: str) -> Row:
     archive = state().archive()
     if not _KEY.match(key):
         raise NotFoundError(f"no dataset {key!r}")
     did = f"ivo://{archive.authority}/~?{key}"
-    row = archive.conn.execute("SELECT * FROM spectrum WHERE obs_publisher_did = ?", (did,)).fetchone()
+    row = archive.db.execute("SELECT * FROM spectrum WHERE obs_publisher_did = ?", (did,)).fetchone()
     if row is None:
         raise NotFoundError(f"no dataset {key!r}")
     return row

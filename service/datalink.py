@@ -9,7 +9,6 @@ and TAP responses embed so clients find DataLink from any table of spectra (DL-1
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -28,6 +27,7 @@ from service.data import DATASET_FORMATS, MAIN_LABELS, dataset_url, label_column
 from service.errors import DALIError, NotFoundError, TransientError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
+from service.storage import Row
 from service.votable import DATALINK_MIME, VOTABLE_MIME, Column, InputParam, param, service_descriptor
 
 bp = Blueprint("datalink", __name__)
@@ -226,7 +226,7 @@ def upload_similarity_descriptor(document: VOTableFile) -> Resource:
 def dims_description(served: ServedModel) -> str:
     """DIMS help: the informative dimensions and how much each tells about each physical label."""
     carried: dict[int, list[str]] = {}
-    conn = state().archive().conn
+    conn = state().archive().db
     rows = conn.execute(
         "SELECT dim, label, mi FROM ml_label_correlation WHERE model_version = ? AND mi IS NOT NULL "
         "ORDER BY dim, mi DESC",
@@ -301,7 +301,7 @@ class LinksBuilder:
         self.similar_uri = self.state.url(RDF_PATH) + "#similar"
         self.dims_text = ""
         self.neighbours: dict[str, list[tuple[int, float]]] = {}
-        self.neighbour_spectra: dict[str, sqlite3.Row] = {}
+        self.neighbour_spectra: dict[str, Row] = {}
         try:
             self.served: ServedModel | None = self.state.served_model() if self.spectra else None
             self.model_problem = None
@@ -414,10 +414,10 @@ def default_k() -> int:
     return int(state().config["index"]["k"])
 
 
-def spectra_by_did(dids: Sequence[str]) -> dict[str, sqlite3.Row]:
+def spectra_by_did(dids: Sequence[str]) -> dict[str, Row]:
     """Archive rows of those DIDs that exist (unknown ones are simply absent)."""
-    conn = state().archive().conn
-    found: dict[str, sqlite3.Row] = {}
+    conn = state().archive().db
+    found: dict[str, Row] = {}
     dids = list(dids)
     for start in range(0, len(dids), 900):
         chunk = dids[start : start + 900]
@@ -445,14 +445,14 @@ def required_id(params: Params) -> str:
     return did
 
 
-def spectrum_row(did: str) -> sqlite3.Row:
+def spectrum_row(did: str) -> Row:
     row = spectra_by_did([did]).get(did)
     if row is None:
         raise NotFoundError(f"{did!r} is not the publisher DID of a dataset in this archive")
     return row
 
 
-def read_spectrum(row: sqlite3.Row) -> Spectrum:
+def read_spectrum(row: Row) -> Spectrum:
     """Re-read an archive spectrum from its source file."""
     try:
         return read_spectra(row["source_path"], index=row["source_index"])[0]

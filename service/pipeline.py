@@ -458,7 +458,7 @@ def write_maps(archive: Archive, version: int, dids: Sequence[str], latents: np.
 
 def recon_errors(archive: Archive, version: int) -> np.ndarray:
     """Each archive spectrum's reconstruction error under ``version``, in row order."""
-    rows = archive.conn.execute(
+    rows = archive.db.execute(
         "SELECT recon_error FROM ml_latent WHERE model_version = ? ORDER BY row_index", (version,)
     )
     return np.array([r["recon_error"] for r in rows], dtype=np.float64)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from service.datalink import links_descriptor
 from service.errors import DALIError, NotFoundError, TransientError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
+from service.storage import Row
 from service.tap.geometry import ra_ranges
 from service.votable import (
     VOTABLE_MIME,
@@ -339,7 +339,7 @@ class LatentInfo:
 
     served: ServedModel
     dims: list[int]
-    correlations: list[sqlite3.Row]
+    correlations: list[Row]
 
     def description(self, dim: int) -> str:
         rows = [r for r in self.correlations if r["dim"] == dim and r["mi"] is not None]
@@ -361,7 +361,7 @@ def answer(params: Params) -> Response:
     if q.similar_to is not None:
         distances = neighbours(latent.served, q.similar_to, q.k, q.dims)
     outputs = output_columns(q, latent, distances)
-    rows: list[sqlite3.Row] = []
+    rows: list[Row] = []
     overflow = q.maxrec == 0
     if not (q.metadata or q.maxrec == 0 or q.fmt is None):
         rows = select(q, latent, distances)
@@ -389,7 +389,7 @@ def latent_info(required: bool) -> LatentInfo | None:
     correlations = (
         state()
         .archive()
-        .conn.execute(
+        .db.execute(
             "SELECT dim, label, informative, mi, mi_error, pca_mi, pca_mi_error FROM ml_label_correlation "
             "WHERE model_version = ? ORDER BY dim, label",
             (served.version,),
@@ -414,10 +414,9 @@ def neighbours(served: ServedModel, did: str, k: int, dims: list[int] | None) ->
     return {served.dids[int(i)]: float(d) for i, d in zip(found, distances, strict=True)}
 
 
-def select(q: SSAQuery, latent: LatentInfo | None, distances: dict[str, float] | None) -> list[sqlite3.Row]:
+def select(q: SSAQuery, latent: LatentInfo | None, distances: dict[str, float] | None) -> list[Row]:
     """Matching archive rows (with latents); one more than the limit to detect overflow."""
     archive = state().archive()
-    archive.conn.create_function("latentvo_ssa_sep", 4, separation, deterministic=True)
     columns, join, args = "s.*", "", []
     if latent is not None:
         columns += "".join(f", l.z{d}" for d in latent.dims) + ", l.anomaly_score"
@@ -430,7 +429,7 @@ def select(q: SSAQuery, latent: LatentInfo | None, distances: dict[str, float] |
     if distances is None:
         sql += " ORDER BY s.row_id LIMIT ?"
         where_args.append(q.limit + 1)
-    rows = archive.conn.execute(sql, args + where_args).fetchall()
+    rows = archive.db.execute(sql, args + where_args).fetchall()
     if distances is not None:
         rows.sort(key=lambda r: distances[r["obs_publisher_did"]])
     return rows
@@ -449,7 +448,7 @@ def conditions(q: SSAQuery, distances: dict[str, float] | None) -> tuple[list[st
             boxes = ["s.s_ra BETWEEN ? AND ?"] * len(ranges) + ["s.s_ra NOT BETWEEN 0 AND 360"]
             where.append("(" + " OR ".join(boxes) + ")")
             args += [bound for interval in ranges for bound in interval]
-        where.append("latentvo_ssa_sep(s.s_ra, s.s_dec, ?, ?) <= ?")
+        where.append("latentvo_sep(s.s_ra, s.s_dec, ?, ?) <= ?")
         args += [ra, dec, q.radius]
     if q.bands:
         parts = []
@@ -483,21 +482,9 @@ def conditions(q: SSAQuery, distances: dict[str, float] | None) -> tuple[list[st
     return where, args
 
 
-def separation(ra1: float | None, dec1: float | None, ra2: float, dec2: float) -> float | None:
-    """Great-circle distance in degrees (haversine); None when a position is unknown."""
-    if ra1 is None or dec1 is None:
-        return None
-    p1, p2 = math.radians(dec1), math.radians(dec2)
-    h = (
-        math.sin((p2 - p1) / 2) ** 2
-        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(ra2 - ra1) / 2) ** 2
-    )
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
-
-
 # -- the response table ----------------------------------------------------------------------------
 
-Getter = Callable[[sqlite3.Row], Any]
+Getter = Callable[[Row], Any]
 
 #: The SSA FIELDs (SSA-04): name, datatype, arraysize, unit, UCD, utype after ``ssa:``, description.
 # fmt: off
@@ -620,14 +607,14 @@ def _getter(name: str) -> Getter:
     return lambda r: r[name]
 
 
-def position(row: sqlite3.Row) -> tuple[float, float]:
+def position(row: Row) -> tuple[float, float]:
     """(RA, Dec); NaN NaN when unknown (a fixed-size array cannot be an empty cell)."""
     if row["s_ra"] is None or row["s_dec"] is None:
         return (math.nan, math.nan)
     return (row["s_ra"], row["s_dec"])
 
 
-def mid_time(row: sqlite3.Row) -> float | None:
+def mid_time(row: Row) -> float | None:
     if row["t_min"] is None:
         return None
     return (row["t_min"] + (row["t_max"] if row["t_max"] is not None else row["t_min"])) / 2
@@ -750,7 +737,7 @@ def mi_resource(document: VOTableFile, latent: LatentInfo) -> Resource:
 def input_params(document: VOTableFile, latent: LatentInfo | None, config: dict) -> list[Param]:
     """One ``INPUT:<name>`` PARAM per supported input parameter (SSA-07), for FORMAT=METADATA."""
     service = config["service"]
-    conn = state().archive().conn
+    conn = state().archive().db
     collections = tuple(r[0] for r in conn.execute("SELECT DISTINCT obs_collection FROM spectrum"))
     dims = "the informative " + " ".join(map(str, latent.dims)) if latent else "(no model in service)"
     formats = (
@@ -836,7 +823,7 @@ def input_params(document: VOTableFile, latent: LatentInfo | None, config: dict)
 def ssa_capability() -> ET.Element:
     """The SSA capability (SSA-09), children in the order of the SSA 1.1 capability schema."""
     service = state().config["service"]
-    conn = state().archive().conn
+    conn = state().archive().db
     interface = vosi.Interface(
         state().url("ssa/query"),
         use="base",

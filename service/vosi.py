@@ -145,7 +145,7 @@ def probe_service() -> tuple[bool, list[str]]:
     """Is the service able to answer? Opens the archive, reads it, loads the model in service."""
     try:
         archive = state().archive()
-        archive.conn.execute("SELECT obs_publisher_did FROM spectrum LIMIT 1").fetchall()
+        archive.db.execute("SELECT obs_publisher_did FROM spectrum LIMIT 1").fetchall()
         served = state().served_model()
     except Exception as exc:  # anything that stops queries makes the service unavailable
         message = getattr(exc, "message", None) or "the archive or the model cannot be read (see the log)"

@@ -36,10 +36,10 @@ def index() -> str:
     except DALIError:
         pass  # no model in service yet: the page says so
     archive = st.archive()
-    collections = archive.conn.execute(
+    collections = archive.db.execute(
         "SELECT obs_collection, COUNT(*) AS n FROM spectrum GROUP BY obs_collection ORDER BY obs_collection"
     ).fetchall()
-    example_did = archive.conn.execute(
+    example_did = archive.db.execute(
         "SELECT obs_publisher_did FROM spectrum ORDER BY row_id LIMIT 1"
     ).fetchone()
     return render_template(
@@ -58,7 +58,7 @@ def best_dimension_per_label(version: int) -> list[dict]:
     rows = (
         state()
         .archive()
-        .conn.execute(
+        .db.execute(
             "SELECT label, dim, mi, mi_error FROM ml_label_correlation AS l WHERE model_version = ? "
             "AND mi = (SELECT MAX(mi) FROM ml_label_correlation "
             "          WHERE model_version = l.model_version AND label = l.label) ORDER BY label",
@@ -69,7 +69,7 @@ def best_dimension_per_label(version: int) -> list[dict]:
     pca = dict(
         state()
         .archive()
-        .conn.execute(
+        .db.execute(
             "SELECT label, MAX(pca_mi) FROM ml_label_correlation WHERE model_version = ? GROUP BY label",
             (version,),
         )

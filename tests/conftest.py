@@ -209,3 +209,50 @@ def datalink_vocabulary(tmp_path_factory):
 def client(live_server):
     """Flask's test client on the same app as the live server (for header/status checks)."""
     return live_server.app.test_client()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of the session's own (tests/postgres.py): the URL of its ``postgres`` database."""
+    from service.storage.postgres import close_pools
+    from tests.postgres import postgres_server as start
+
+    with start() as url:
+        yield url
+        close_pools()
+
+
+@pytest.fixture()
+def postgres_url(postgres_server) -> str:
+    """A new empty database on the session's PostgreSQL server."""
+    import secrets
+
+    from tests.postgres import create_database
+
+    return create_database(postgres_server, f"latentvo_{secrets.token_hex(4)}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_location(request, tmp_path) -> str:
+    """``[archive] database`` for each back end: a SQLite file in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return "archive.sqlite"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def postgres_live_server(tmp_path_factory, demo_dir, postgres_server):
+    """The same service as ``live_server`` (same sample, same settings), its archive on PostgreSQL."""
+    from tests.postgres import create_database
+
+    settings = {section: dict(values) for section, values in DEMO_MATCHING.items()}
+    database = create_database(postgres_server, "latentvo_served")
+    config = small_config(
+        tmp_path_factory.mktemp("served-pg"),
+        service={"base_url": free_url()},
+        archive={"database": database},
+        **settings,
+    )
+    build_archive(config, [demo_dir / "miles_demo.fits"])
+    with serving(config) as served:
+        yield served

@@ -2,13 +2,15 @@
 
 Job state lives in the archive database (table ``uws_job``, the last section of
 resources/schema.sql), so every gunicorn worker sees the same jobs and they survive a
-restart. Request connections are read-only; the store has its own read-write connection
-(WAL, busy_timeout). Results and inline uploads are files under
-``<archive root>/jobs/<job_id>/``; results are written atomically (model.atomic).
+restart; on PostgreSQL, every worker of every host that serves the archive. Request connections
+are read-only; the store has its own read-write connection. Results and inline uploads are files
+under ``<archive root>/jobs/<job_id>/`` (shared storage when several hosts serve); results are
+written atomically (model.atomic).
 
 Running: PHASE=RUN moves a job PENDING → QUEUED and hands it to this process's thread pool
 (``[service] job_workers`` threads). A pool thread claims the job with an atomic
-``UPDATE … WHERE phase = 'QUEUED'``, so one process at most runs it, and answers it with the
+``UPDATE … WHERE phase = 'QUEUED'`` (on PostgreSQL a second claimer waits for the row lock, then
+finds the phase changed), so one process at most runs it, and answers it with the
 same function as /tap/sync (:func:`service.tap.sync.run_tap`) under the job's
 executionDuration: SQLite's progress handler stops the query when the time is up (→ ERROR)
 or when the job is aborted or deleted (→ ABORTED, or gone). Validation happens then, so a
@@ -32,7 +34,6 @@ import os
 import secrets
 import shutil
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,9 +47,9 @@ from typing import BinaryIO
 from flask import Flask, current_app
 
 from model.atomic import atomic_path
-from service.archive import SCHEMA_FILE
 from service.errors import DALIError, NotFoundError, TransientError, UsageError, internal_error
 from service.params import Params
+from service.storage import Database, DatabaseError, Row, open_database
 from service.tap import upload
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,6 @@ WATCH_S = 0.5
 SWEEP_S = 5.0
 #: A running job's heartbeat older than this means its process died.
 STALE_S = 60.0
-_SCHEMA_MARK = "-- == UWS jobs =="
 #: Job directories without a job row (a crash while a job was being created) are removed after this many
 #: seconds: younger ones may belong to a job another process is creating right now.
 ORPHAN_S = 600.0
@@ -144,7 +144,7 @@ class Job:
     result_size: int | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: Row) -> Job:
         return cls(
             job_id=row["job_id"],
             run_id=row["run_id"],
@@ -165,53 +165,31 @@ class Job:
         return Params({name: list(values) for name, values in self.parameters.items()})
 
 
-def job_schema() -> str:
-    """The job tables' DDL: the section of resources/schema.sql after its UWS marker."""
-    text = SCHEMA_FILE.read_text()
-    if _SCHEMA_MARK not in text:
-        raise RuntimeError(f"{SCHEMA_FILE} has no {_SCHEMA_MARK!r} section")
-    return text.split(_SCHEMA_MARK, 1)[1]
-
-
 class JobStore:
     """The ``uws_job`` table on a read-write connection of its own, shared by a process's threads."""
 
-    def __init__(self, database: Path, busy_timeout: float = 10.0) -> None:
-        if not database.exists():
-            raise TransientError(f"the archive database {database.name} does not exist yet")
-        self.conn = sqlite3.connect(
-            f"{database.resolve().as_uri()}?mode=rw",
-            uri=True,
-            timeout=busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        self.conn.row_factory = sqlite3.Row
+    def __init__(self, location: str, root: Path) -> None:
+        try:
+            self.db: Database = open_database(location, root, schema="jobs")
+        except FileNotFoundError:
+            raise TransientError("the archive database does not exist yet") from None
         self.lock = threading.RLock()
-        with self.lock:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            self.conn.executescript(job_schema())
+        #: Ties between jobs created in the same millisecond: insertion order where the engine keeps one.
+        self.tiebreak = "rowid" if self.db.dialect == "sqlite" else "job_id"
 
     def close(self) -> None:
         with self.lock:
-            self.conn.close()
+            self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Read-modify-write under a write lock (BEGIN IMMEDIATE), all or nothing."""
-        with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+    def transaction(self) -> Iterator[Database]:
+        """Read-modify-write under the database's write lock, all or nothing."""
+        with self.lock, self.db.transaction() as db:
+            yield db
 
-    def execute(self, sql: str, args: Sequence = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, args: Sequence = ()):
         with self.lock:
-            return self.conn.execute(sql, args)
+            return self.db.execute(sql, args)
 
     def insert(self, job: Job) -> None:
         self.execute(
@@ -230,7 +208,7 @@ class JobStore:
 
     def get(self, job_id: str) -> Job | None:
         with self.lock:
-            row = self.conn.execute("SELECT * FROM uws_job WHERE job_id = ?", (job_id,)).fetchone()
+            row = self.db.one("SELECT * FROM uws_job WHERE job_id = ?", (job_id,))
         return None if row is None else Job.from_row(row)
 
     def jobs(
@@ -248,12 +226,12 @@ class JobStore:
             args.append(stored(after))
         sql = "SELECT * FROM uws_job" + (f" WHERE {' AND '.join(where)}" if where else "")
         if last is not None:
-            sql += " ORDER BY creation_time DESC, rowid DESC LIMIT ?"
+            sql += f" ORDER BY creation_time DESC, {self.tiebreak} DESC LIMIT ?"
             args.append(last)
         else:
-            sql += " ORDER BY creation_time, rowid"
+            sql += f" ORDER BY creation_time, {self.tiebreak}"
         with self.lock:
-            return [Job.from_row(r) for r in self.conn.execute(sql, args)]
+            return [Job.from_row(r) for r in self.db.execute(sql, args)]
 
     def change(self, job_id: str, phases: Sequence[str] | None, **fields) -> bool:
         """Set ``fields`` if the job is in one of ``phases`` (any phase: None); True if it was."""
@@ -267,8 +245,9 @@ class JobStore:
 
     def update_parameters(self, job_id: str, update: Callable[[dict[str, list[str]]], None]) -> None:
         """Change a PENDING job's parameters (UWS-06); 404 if there is no such job, 403 if not PENDING."""
-        with self.transaction() as conn:
-            row = conn.execute("SELECT phase, parameters FROM uws_job WHERE job_id = ?", (job_id,)).fetchone()
+        with self.transaction() as db:
+            lock = " FOR UPDATE" if db.dialect == "postgres" else ""  # SQLite's write lock covers the file
+            row = db.one(f"SELECT phase, parameters FROM uws_job WHERE job_id = ?{lock}", (job_id,))
             if row is None:
                 raise NotFoundError(f"no job {job_id!r}")
             if row["phase"] != PENDING:
@@ -276,7 +255,7 @@ class JobStore:
             parameters = json.loads(row["parameters"])
             update(parameters)
             runs = parameters.get("RUNID")
-            conn.execute(
+            db.execute(
                 "UPDATE uws_job SET parameters = ?, run_id = ? WHERE job_id = ?",
                 (json.dumps(parameters), runs[-1] if runs else None, job_id),
             )
@@ -286,12 +265,12 @@ class JobStore:
 
     def ids(self, sql: str, args: Sequence = ()) -> list[str]:
         with self.lock:
-            return [r[0] for r in self.conn.execute(sql, args)]
+            return [r[0] for r in self.db.execute(sql, args)]
 
     def phases(self, job_ids: Sequence[str]) -> dict[str, str]:
         marks = ",".join("?" * len(job_ids))
         with self.lock:
-            rows = self.conn.execute(f"SELECT job_id, phase FROM uws_job WHERE job_id IN ({marks})", job_ids)
+            rows = self.db.execute(f"SELECT job_id, phase FROM uws_job WHERE job_id IN ({marks})", job_ids)
             return {r[0]: r[1] for r in rows}
 
     def abandoned(self, here: str) -> list[str]:
@@ -299,7 +278,7 @@ class JobStore:
         found = []
         with self.lock:
             sql = "SELECT job_id, runner, heartbeat FROM uws_job WHERE phase = 'EXECUTING'"
-            rows = self.conn.execute(sql).fetchall()
+            rows = self.db.all(sql)
         for job_id, runner, heartbeat in rows:
             if runner == here:
                 continue
@@ -332,7 +311,7 @@ class JobService:
         st = app.extensions["latentvo"]
         self.app = app
         self.config = st.config["service"]
-        self.store = JobStore(st.database)
+        self.store = JobStore(st.config["archive"]["database"], st.root)
         self.root = st.root / "jobs"
         self.pid = os.getpid()
         #: host:pid:token: the token tells apart two services of one process (tests serve several apps).
@@ -745,16 +724,16 @@ def startup_sweep(app: Flask) -> None:
     Threads start later, with the first /tap/async request (a forking server would lose them).
     """
     st = app.extensions["latentvo"]
-    if not st.database.exists():
+    if st.database is not None and not st.database.exists():
         return
     try:
-        store = JobStore(st.database)
-    except sqlite3.Error as exc:  # a read-only or locked archive: the monitor will try again
+        store = JobStore(st.config["archive"]["database"], st.root)
+    except (DatabaseError, TransientError) as exc:  # a read-only, locked or absent archive: tried later
         log.warning("job sweep at startup skipped: %s", exc)
         return
     try:
         reap(store, st.root / "jobs")
-    except sqlite3.Error as exc:
+    except DatabaseError as exc:
         log.warning("job sweep at startup failed: %s", exc)
     finally:
         store.close()

@@ -275,7 +275,7 @@ def example_values(archive: Archive) -> dict[str, str]:
         model = None
     if model is not None:
         values["version"] = str(model["model_version"])
-        row = archive.conn.execute(
+        row = archive.db.execute(
             "SELECT s.obs_publisher_did, s.obs_collection FROM ml_latent AS l "
             "JOIN spectrum AS s ON s.obs_publisher_did = l.obs_publisher_did "
             "WHERE l.model_version = ? ORDER BY l.row_index LIMIT 1",
@@ -286,7 +286,7 @@ def example_values(archive: Archive) -> dict[str, str]:
         dims = _label_dims(archive, model["model_version"], int(model["latent_dim"]))
         values["dims"] = " ".join(str(d) for d in dims)
         values["zx"], values["zy"] = f"z{dims[0]}", f"z{dims[-1]}"
-    placed = archive.conn.execute(
+    placed = archive.db.execute(
         "SELECT s_ra, s_dec FROM spectrum WHERE s_ra IS NOT NULL AND s_dec IS NOT NULL "
         "ORDER BY row_id LIMIT 1"
     ).fetchone()
@@ -297,7 +297,7 @@ def example_values(archive: Archive) -> dict[str, str]:
 
 def _label_dims(archive: Archive, version: int, latent_dim: int) -> list[int]:
     """The dimensions that carry most information on temperature and gravity ('similar in Teff and log g')."""
-    rows = archive.conn.execute(
+    rows = archive.db.execute(
         "SELECT label, dim FROM ml_label_correlation WHERE model_version = ? AND label IN ('teff', 'logg') "
         "AND mi IS NOT NULL ORDER BY mi DESC",
         (version,),

@@ -9,19 +9,17 @@ the server only reads them, through its read-only connection.
 
 from __future__ import annotations
 
-import re
-import sqlite3
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from service.archive import SCHEMA_FILE, Archive, utc_now
+from service.archive import Archive, utc_now
+from service.storage import Database, view_definitions
 from service.tables import ColumnMeta, TableMeta, TableSet, load_tableset
 
 SCHEMA_NAME = "TAP_SCHEMA"
 #: archive_setting row recording when TAP_SCHEMA was last written (Last-Modified of /tap/tables).
 UPDATED_SETTING = "tap_schema_updated"
-_SQL_TYPES = {"char": "TEXT", "unicodeChar": "TEXT", "boolean": "INTEGER", "float": "REAL", "double": "REAL"}
-_VIEW = re.compile(r"CREATE VIEW IF NOT EXISTS (\w+) AS\s(.*?;)[ \t]*$", re.S | re.M)
+_KINDS = {"char": "text", "unicodeChar": "text", "boolean": "integer", "float": "double", "double": "double"}
 
 
 @lru_cache(maxsize=8)
@@ -50,7 +48,7 @@ def current_tableset(archive: Archive) -> TableSet:
 
 def last_modified(archive: Archive) -> datetime | None:
     """When TAP_SCHEMA was last written (None for an archive that has never been indexed)."""
-    row = archive.conn.execute(
+    row = archive.db.execute(
         "SELECT value FROM archive_setting WHERE name = ?", (UPDATED_SETTING,)
     ).fetchone()
     return datetime.fromisoformat(row[0]).replace(tzinfo=UTC) if row else None
@@ -64,22 +62,22 @@ def write_tap_schema(archive: Archive, tableset: TableSet) -> None:
     """
     check_foreign_keys(tableset)
     rows = tap_schema_rows(tableset)
-    with archive.transaction() as conn:
-        refresh_views(conn)
+    with archive.transaction() as db:
+        refresh_views(db)
         for table in tableset.schema_tables(SCHEMA_NAME):
-            conn.execute(f'DROP TABLE IF EXISTS "{table.sql}"')
-            conn.execute(create_table_sql(table))
+            db.execute(f'DROP TABLE IF EXISTS "{table.sql}"')
+            db.execute(create_table_sql(table, db))
             names = [c.name for c in table.columns]
             marks = ", ".join("?" * len(names))
             quoted = ", ".join(f'"{n}"' for n in names)
-            conn.executemany(
+            db.executemany(
                 f'INSERT INTO "{table.sql}" ({quoted}) VALUES ({marks})',
                 ([row[n] for n in names] for row in rows[table.name]),
             )
-        missing = missing_columns(conn, tableset)
+        missing = missing_columns(db, tableset)
         if missing:
             raise ValueError("table metadata declares columns the database lacks: " + ", ".join(missing))
-        conn.execute(
+        db.execute(
             "INSERT INTO archive_setting VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
             (UPDATED_SETTING, utc_now()),
@@ -174,11 +172,11 @@ def check_foreign_keys(tableset: TableSet) -> None:
                     raise ValueError(f"foreign key {key.key_id}: {owner.name} has no column {name}")
 
 
-def missing_columns(conn: sqlite3.Connection, tableset: TableSet) -> list[str]:
+def missing_columns(db: Database, tableset: TableSet) -> list[str]:
     """Declared columns (without an SQL expression of their own) that the database table or view lacks."""
     missing = []
     for table in tableset.tables:
-        have = {row[1].lower() for row in conn.execute(f'PRAGMA table_info("{table.sql}")')}
+        have = set(db.columns(table.sql))
         if not have:
             missing.append(f"{table.name} (no table {table.sql})")
             continue
@@ -188,11 +186,11 @@ def missing_columns(conn: sqlite3.Connection, tableset: TableSet) -> list[str]:
     return missing
 
 
-def create_table_sql(table: TableMeta) -> str:
-    """SQLite DDL for a TAP_SCHEMA table from its own metadata (types and NOT NULL follow the TOML)."""
+def create_table_sql(table: TableMeta, db: Database) -> str:
+    """DDL for a TAP_SCHEMA table from its own metadata (types and NOT NULL follow the TOML)."""
     columns = []
     for column in table.columns:
-        sql_type = _SQL_TYPES.get(column.datatype, "INTEGER")
+        sql_type = db.types[_KINDS.get(column.datatype, "integer")]
         columns.append(f'"{column.name}" {sql_type}{"" if column.nullable else " NOT NULL"}')
     keys = [c.name for c in table.columns if c.primary]
     if keys:
@@ -200,8 +198,8 @@ def create_table_sql(table: TableMeta) -> str:
     return f'CREATE TABLE "{table.sql}" ({", ".join(columns)})'
 
 
-def refresh_views(conn: sqlite3.Connection) -> None:
+def refresh_views(db: Database) -> None:
     """Re-create the views of resources/schema.sql (an archive from an older release gets the new columns)."""
-    for name, body in _VIEW.findall(SCHEMA_FILE.read_text()):
-        conn.execute(f"DROP VIEW IF EXISTS {name}")
-        conn.execute(f"CREATE VIEW {name} AS\n{body}")
+    for name, body in view_definitions(db.dialect):
+        db.execute(f"DROP VIEW IF EXISTS {name}")
+        db.execute(f"CREATE VIEW {name} AS\n{body}")

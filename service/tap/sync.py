@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from astropy.io.votable.tree import Resource, VOTableFile
 from flask import Response, request
 
+from service.archive import Archive
 from service.dali import OutputFormat, maxrec, output_format, write_result
 from service.datalink import links_descriptor
 from service.errors import DALIError, UsageError
@@ -97,7 +98,9 @@ def run_tap(
     runs) stops the query early, as ``timeout`` does.
     """
     tap = tap_request(params)
-    extra = upload.load_uploads(state().archive().conn, tap.uploads, parts, state().config["service"])
+    extra = upload.load_uploads(
+        query_connection(state().archive()), tap.uploads, parts, state().config["service"]
+    )
     result = run_query(tap.query, tap.limit, timeout, extra_tables=extra, interrupt=interrupt)
     return result_response(result, tap.fmt, runid=tap.runid, query=tap.query)
 
@@ -135,9 +138,16 @@ def run_query(
     if limit == 0:
         rows, overflow = [], True  # MAXREC=0: metadata only, flagged as overflow (DALI-02)
     else:
-        rows, overflow = execute(archive.conn, translation, timeout, similarity, interrupt)
+        rows, overflow = execute(query_connection(archive), translation, timeout, similarity, interrupt)
     columns, cells = result_table(translation.columns, rows)
     return QueryResult(columns, cells, overflow)
+
+
+def query_connection(archive: Archive) -> sqlite3.Connection:
+    """The driver connection ADQL runs on: the translation targets SQLite and its registered functions."""
+    if archive.db.dialect != "sqlite":
+        raise DALIError("ADQL queries are not yet answered on an archive kept in PostgreSQL", 501)
+    return archive.db.connection
 
 
 def execute(

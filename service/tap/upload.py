@@ -188,11 +188,16 @@ def create_table(conn, name: str, table: TableElement) -> TableMeta:
         raise UsageError(f"UPLOAD {name}: column names must differ (ignoring case)")
     sql_name = f"tap_upload_{name.lower()}"
     definition = ", ".join(f"{_quote(c.meta.name)} {c.affinity}" for c in columns)
-    conn.execute(f"DROP TABLE IF EXISTS temp.{sql_name}")
-    conn.execute(f"CREATE TEMP TABLE {sql_name} ({definition})")
     marks = ", ".join("?" * len(columns))
-    conn.executemany(f"INSERT INTO temp.{sql_name} VALUES ({marks})", _rows(table, columns, name))
-    conn.commit()
+    conn.execute("BEGIN")  # one transaction for all rows (the connection is in autocommit)
+    try:
+        conn.execute(f"DROP TABLE IF EXISTS temp.{sql_name}")
+        conn.execute(f"CREATE TEMP TABLE {sql_name} ({definition})")
+        conn.executemany(f"INSERT INTO temp.{sql_name} VALUES ({marks})", _rows(table, columns, name))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
     return TableMeta(
         name=f"{SCHEMA}.{name}",
         sql=f"temp.{sql_name}",

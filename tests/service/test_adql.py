@@ -545,7 +545,7 @@ def archive(tmp_path_factory):
     )  # fmt: skip
     dids = [f"ivo://x/~?test/{i}" for i in range(4)]
     archive.write_latents(1, dids, np.arange(8.0).reshape(4, 2), np.ones((4, 2)), np.zeros(4))
-    register_functions(archive.conn)
+    register_functions(archive.db.connection)
     yield archive
     archive.close()
 
@@ -554,7 +554,7 @@ def test_archive_tables_translate_and_run(archive):
     tables = load_tableset(latent_dim=2)
     star = translate("SELECT * FROM ivoa.obscore", tables, 10)
     assert [c.name for c in star.columns] == [c.name for c in tables.table("ivoa.obscore").columns]
-    assert len(archive.conn.execute(star.sql).fetchall()) == 4
+    assert len(archive.db.execute(star.sql).fetchall()) == 4
     cone = translate(
         "SELECT o.obs_publisher_did, l.z1 FROM ivoa.obscore AS o JOIN ml.latent AS l "
         "ON o.obs_publisher_did = l.obs_publisher_did "
@@ -562,15 +562,15 @@ def test_archive_tables_translate_and_run(archive):
         tables,
         10,
     )
-    rows = [tuple(r) for r in archive.conn.execute(cone.sql)]
+    rows = [tuple(r) for r in archive.db.execute(cone.sql)]
     assert rows == [("ivo://x/~?test/0", 1.0), ("ivo://x/~?test/1", 3.0)]
     for query in (
         "SELECT obs_id FROM ivoa.obscore WHERE DISTANCE(POINT(s_ra, s_dec), POINT(10, 20)) < 0.5",
         "SELECT obs_id FROM ivoa.obscore WHERE 1 = CONTAINS(POINT(s_ra, s_dec), CIRCLE(10, 20, 0.5))",
     ):
         sql = translate(query, tables, 10).sql
-        assert sorted(r[0] for r in archive.conn.execute(sql)) == ["0", "1"]
-        plan = " ".join(row[-1] for row in archive.conn.execute("EXPLAIN QUERY PLAN " + sql))
+        assert sorted(r[0] for r in archive.db.execute(sql)) == ["0", "1"]
+        plan = " ".join(row[-1] for row in archive.db.connection.execute("EXPLAIN QUERY PLAN " + sql))
         assert "spectrum_sky" in plan  # the cone is index-assisted (ADQL-04)
     field = cone.columns[0]
     assert (field.meta.ucd, field.meta.utype) == ("meta.ref.ivoid", "obscore:Curation.PublisherDID")
@@ -716,7 +716,7 @@ def test_cones_find_every_row_within_the_radius_across_ra_0_and_odd_ra_forms(tmp
             for i, (ra, dec) in enumerate(places)
         ]  # fmt: skip
     )
-    register_functions(archive.conn)
+    register_functions(archive.db.connection)
     tables = load_tableset(latent_dim=2)
     coords = SkyCoord([p[0] for p in places] * u.deg, [p[1] for p in places] * u.deg)
     for ra, dec, radius in [
@@ -737,6 +737,6 @@ def test_cones_find_every_row_within_the_radius_across_ra_0_and_odd_ra_forms(tmp
         ):
             query = f"SELECT obs_id FROM ivoa.obscore WHERE {where}"
             sql = translate(query, tables, 100).sql
-            assert sorted(r[0] for r in archive.conn.execute(sql)) == expected, (query, sql)
+            assert sorted(r[0] for r in archive.db.execute(sql)) == expected, (query, sql)
         assert expected, "every cone holds a row"
     archive.close()

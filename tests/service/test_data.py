@@ -24,7 +24,7 @@ def source_spectrum(config: dict, did: str):
     """The archive spectrum as the readers give it from the source file."""
     archive = Archive.from_config(config, readonly=True)
     try:
-        row = archive.conn.execute("SELECT * FROM spectrum WHERE obs_publisher_did = ?", (did,)).fetchone()
+        row = archive.db.execute("SELECT * FROM spectrum WHERE obs_publisher_did = ?", (did,)).fetchone()
     finally:
         archive.close()
     return read_spectra(row["source_path"], row["source_index"])[0]

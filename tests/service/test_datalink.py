@@ -119,7 +119,7 @@ def test_pyvo_reads_this_and_preview_and_downloads_both(live_server, dids):
     assert plot.content_type == "image/png"
     row = (
         Archive.from_config(live_server.config, readonly=True)
-        .conn.execute("SELECT source_sha256 FROM spectrum WHERE obs_publisher_did = ?", (did,))
+        .db.execute("SELECT source_sha256 FROM spectrum WHERE obs_publisher_did = ?", (did,))
         .fetchone()
     )
     cached = preview.preview_path(live_server.config["archive"]["root"], did, row[0])

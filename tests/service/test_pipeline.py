@@ -16,7 +16,7 @@ from tests.conftest import small_config
 
 
 def dump(archive: Archive) -> list:
-    return [tuple(r) for r in archive.conn.execute("SELECT * FROM spectrum ORDER BY row_id")]
+    return [tuple(r) for r in archive.db.execute("SELECT * FROM spectrum ORDER BY row_id")]
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,12 @@ def built(tmp_path_factory, demo_dir):
 def test_ingest_puts_every_spectrum_with_labels_in_the_archive(built):
     archive, _, summary, *_ = built
     assert (summary.added, summary.updated, summary.failed) == (200, 0, [])
-    row = archive.conn.execute("SELECT * FROM ivoa_obscore WHERE obs_id = 'm0005'").fetchone()
+    row = archive.db.execute("SELECT * FROM ivoa_obscore WHERE obs_id = 'm0005'").fetchone()
     assert row["obs_publisher_did"] == "ivo://latentvo.example/~?miles/m0005"
     assert row["dataproduct_type"] == "spectrum"
     assert row["access_url"].endswith("/datalink/links?ID=ivo%3A%2F%2Flatentvo.example%2F~%3Fmiles%2Fm0005")
     assert 3.54e-7 < row["em_min"] < 3.56e-7 and 7.40e-7 < row["em_max"] < 7.42e-7  # vacuum metres
-    labels = archive.conn.execute("SELECT teff, logg, feh FROM spectrum WHERE obs_id = 'm0005'").fetchone()
+    labels = archive.db.execute("SELECT teff, logg, feh FROM spectrum WHERE obs_id = 'm0005'").fetchone()
     assert all(v is not None for v in labels)
 
 
@@ -70,7 +70,7 @@ def test_labels_file_adds_labels_by_identifier(tmp_path, demo_dir):
     labels = tmp_path / "labels.csv"
     labels.write_text("miles_id,rv,snr,colour\nm0005,12.5,80,0.3\n")
     pipeline.ingest(archive, [demo_dir / "miles_demo.fits"], labels_file=str(labels), progress=False)
-    row = archive.conn.execute("SELECT rv, snr, extra_labels FROM spectrum WHERE obs_id = 'm0005'").fetchone()
+    row = archive.db.execute("SELECT rv, snr, extra_labels FROM spectrum WHERE obs_id = 'm0005'").fetchone()
     assert (row["rv"], row["snr"]) == (12.5, 80.0) and '"colour": 0.3' in row["extra_labels"]
 
 
@@ -88,7 +88,7 @@ def test_encode_fills_latent_table_and_matrix(built):
     assert model.latents.shape == (200, 6) and model.latents.dtype == np.float32
     did = "ivo://latentvo.example/~?miles/m0005"
     row = archive.row_of(version, did)
-    db = archive.conn.execute(
+    db = archive.db.execute(
         "SELECT z0, z5, z0_var, recon_error, anomaly_score FROM ml_latent WHERE obs_publisher_did = ?", (did,)
     ).fetchone()
     assert db["z0"] == pytest.approx(float(model.latents[row, 0]), rel=1e-6)
@@ -97,7 +97,7 @@ def test_encode_fills_latent_table_and_matrix(built):
 
 def test_analysis_stores_mi_for_model_and_pca(built):
     archive, _, _, version, analysis, _ = built
-    rows = archive.conn.execute(
+    rows = archive.db.execute(
         "SELECT * FROM ml_label_correlation WHERE model_version = ? AND label = 'teff'", (version,)
     ).fetchall()
     assert len(rows) == 6
@@ -173,12 +173,12 @@ def test_analysis_on_a_sample_of_a_larger_archive(built):
     sampled = {**config, "analysis": {**config["analysis"], "max_rows": 60}}
     summary = pipeline.analyse(archive, sampled, version, progress=False)
     assert summary["informative_dims"]
-    n = archive.conn.execute(
+    n = archive.db.execute(
         "SELECT MAX(n_spectra) FROM ml_label_correlation WHERE model_version = ? AND label = 'teff'",
         (version,),
     ).fetchone()[0]
     assert n <= 60
-    scored = archive.conn.execute(
+    scored = archive.db.execute(
         "SELECT COUNT(*) FROM ml_latent WHERE model_version = ? AND anomaly_score IS NOT NULL", (version,)
     ).fetchone()[0]
     assert scored == 200

@@ -24,6 +24,7 @@ from pyvo.io import vosi as pyvo_vosi
 from model.api import LatentModel
 from service import ssap
 from service.archive import Archive
+from service.storage.sqlite import great_circle_degrees
 from tests.conftest import SKY_CLUSTER
 
 VOTABLE_MIME = "application/x-votable+xml"
@@ -178,7 +179,7 @@ def test_rows_carry_informative_latents_anomaly_score_and_the_mi_table(live_serv
     table = results(doc).tables[0]
     latent_fields = [f for f in table.fields if f.name.startswith("z")]
     assert [f.name for f in latent_fields] == [f"z{d}" for d in informative]
-    correlations = archive.conn.execute(
+    correlations = archive.db.execute(
         "SELECT dim, label, mi FROM ml_label_correlation WHERE model_version = ? ORDER BY mi DESC", (version,)
     ).fetchall()
     for element in latent_fields:
@@ -186,7 +187,7 @@ def test_rows_carry_informative_latents_anomaly_score_and_the_mi_table(live_serv
         text = " ".join(element.description.split())  # astropy wraps long DESCRIPTIONs
         assert f"carries {best['label']} most: mutual information {best['mi']:.2f}" in text
     anomaly = dict(
-        archive.conn.execute(
+        archive.db.execute(
             "SELECT obs_publisher_did, anomaly_score FROM ml_latent WHERE model_version = ?", (version,)
         ).fetchall()
     )
@@ -491,7 +492,7 @@ def test_cone_conditions_keep_every_spectrum_within_the_radius_whatever_its_ra_f
     import sqlite3
 
     connection = sqlite3.connect(":memory:")
-    connection.create_function("latentvo_ssa_sep", 4, ssap.separation, deterministic=True)
+    connection.create_function("latentvo_sep", 4, great_circle_degrees, deterministic=True)
     connection.execute("CREATE TABLE spectrum (name TEXT, s_ra REAL, s_dec REAL)")
     positions = {"minus": (-0.2, 0.1), "wrap": (359.95, 0.0), "east": (0.3, -0.2), "far": (10.0, 0.0)}
     positions |= {"high": (360.2, 0.0), "north": (359.9, 0.7), "none": (None, 0.0)}

@@ -13,6 +13,7 @@ import requests
 from lxml import etree
 
 from service.archive import Archive
+from service.storage import open_database
 from service.tables import ColumnMeta, ForeignKey, TableSet
 from service.tap import schema
 
@@ -100,11 +101,9 @@ XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 def db(live_server):
     """The served archive's database, read-only, as TAP_SCHEMA was written by `latentvo index`."""
     section = live_server.config["archive"]
-    path = Path(section["root"]) / section["database"]
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    yield conn
-    conn.close()
+    database = open_database(section["database"], Path(section["root"]), readonly=True)
+    yield database
+    database.close()
 
 
 def rows(db, table: str) -> list[dict]:
@@ -353,7 +352,7 @@ def test_dangling_foreign_key_is_refused(archive_copy):
 
 def test_an_old_view_is_upgraded(archive_copy):
     """An archive built by an older release (view without the label columns) gets the current view."""
-    conn = archive_copy.conn
+    conn = archive_copy.db.connection
     conn.execute("DROP VIEW ivoa_obscore")
     conn.execute("CREATE VIEW ivoa_obscore AS SELECT obs_publisher_did FROM spectrum")
     conn.commit()

@@ -176,7 +176,9 @@ def test_ml_knn_in_where_uses_the_did_index(live_server, model):
     with live_server.app.app_context():
         archive = state().archive()
         translation = translate(query, current_tableset(archive), 100, ModelSimilarity())
-        plan = " ".join(row[-1] for row in archive.conn.execute("EXPLAIN QUERY PLAN " + translation.sql))
+        plan = " ".join(
+            row[-1] for row in archive.db.connection.execute("EXPLAIN QUERY PLAN " + translation.sql)
+        )
     assert "ml_knn" not in translation.sql.lower()
     assert "USING INDEX sqlite_autoindex_spectrum" in plan
 

@@ -364,8 +364,8 @@ def test_a_kept_connection_carries_nothing_of_one_request_into_the_next(client):
     service = client.application.extensions["latentvo"]
     assert isinstance(service, ServiceState)
     kept = service._connections.held[1]
-    assert kept.conn.execute("SELECT COUNT(*) FROM temp.sqlite_master").fetchone()[0] == 0
-    assert not kept.conn.in_transaction
+    assert kept.db.connection.execute("SELECT COUNT(*) FROM temp.sqlite_master").fetchone()[0] == 0
+    assert not kept.db.connection.in_transaction
     again = client.post("/tap/sync", data={"LANG": "ADQL", "QUERY": "SELECT * FROM TAP_UPLOAD.t1"})
     assert again.status_code == 400 and b"t1" in again.data
     assert service._connections.held[1] is kept  # the same connection served both

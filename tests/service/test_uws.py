@@ -436,7 +436,7 @@ def job_store(tmp_path):
 
     Archive(tmp_path).close()
     database = tmp_path / "archive.sqlite"
-    store = jobs.JobStore(database)
+    store = jobs.JobStore("archive.sqlite", tmp_path)
     root = tmp_path / "jobs"
     job_id = "00000000000000cc"
     _insert_job(database, job_id, "COMPLETED", None, None)

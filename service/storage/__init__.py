@@ -1,0 +1,153 @@
+"""One storage layer for the archive database: SQLite (the embedded default) or PostgreSQL.
+
+``[archive] database`` names a SQLite file inside the archive root or a PostgreSQL URL
+(``postgresql://user@host/db``). Everything above this package (the archive, the pipeline
+stages, the protocol modules) talks to a :class:`Database` and writes one SQL for both:
+``?`` placeholders, standard functions, ``ON CONFLICT`` upserts. What differs between the
+engines (placeholders, column types, DDL, temporary tables, read-only sessions, pooling)
+lives in the two back-end modules, and the schema comes from ``resources/schema.sql`` for
+both (:func:`schema_script`).
+
+Functions the SQL of the service uses beyond the standard (``latentvo_sep``, the great-circle
+distance) exist on both engines: registered in Python on SQLite, created in SQL on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "resources" / "schema.sql"
+#: Where the UWS job table begins in resources/schema.sql (the job store creates that part itself).
+JOBS_MARK = "-- == UWS jobs =="
+_URL = re.compile(r"^postgres(ql)?://", re.I)
+
+
+class Row(Protocol):
+    """A result row, read by position or by column name (``dict(row)`` gives name → value)."""
+
+    def __getitem__(self, key: int | str) -> Any: ...
+
+    def keys(self) -> list[str]: ...
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Row | None: ...
+
+    def fetchall(self) -> list[Row]: ...
+
+    def __iter__(self) -> Iterator[Row]: ...
+
+
+class DatabaseError(Exception):
+    """The database refused or failed a statement; ``transient`` when trying again may succeed
+    (a lock, a lost connection), as opposed to a statement that can never work."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class Database(ABC):
+    """A connection to the archive database, with the few things that differ between engines."""
+
+    #: "sqlite" or "postgres": what sqlglot calls the dialect.
+    dialect: str
+    readonly: bool
+    #: The column type for "double", "integer" and "text" values.
+    types: dict[str, str]
+
+    @abstractmethod
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+        """Run one statement with ``?`` placeholders (outside a transaction each one commits)."""
+
+    @abstractmethod
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    @abstractmethod
+    def transaction(self) -> Any:
+        """A context manager: all statements inside commit together or not at all."""
+
+    @abstractmethod
+    def columns(self, table: str) -> list[str]:
+        """The column names of a table or view, lower case; empty when there is none."""
+
+    @abstractmethod
+    def add_columns(self, table: str, names: Sequence[str], kind: str = "double") -> None:
+        """Add the columns a table lacks (``kind``: "double", "integer" or "text")."""
+
+    @abstractmethod
+    def end_request(self) -> None:
+        """Leave the connection as a new request expects it: no open transaction, no temporary tables.
+        Raises DatabaseError when the connection is unusable (the caller then drops it)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        return self.execute(sql, args).fetchone()
+
+    def all(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return self.execute(sql, args).fetchall()
+
+    def scalar(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        row = self.one(sql, args)
+        return None if row is None else row[0]
+
+
+def is_server_url(location: str) -> bool:
+    """Whether ``[archive] database`` names a PostgreSQL server rather than a SQLite file."""
+    return bool(_URL.match(location.strip()))
+
+
+def describe(location: str) -> str:
+    """The database for messages: a file name, or a URL without its password."""
+    if not is_server_url(location):
+        return Path(location).name
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", location.strip())
+
+
+def open_database(location: str, root: Path, readonly: bool = False, schema: str = "archive") -> Database:
+    """Open the archive database. A writable one gets its schema created or completed: the whole
+    archive (``schema="archive"``, which creates a SQLite file) or only the UWS job table of an
+    archive that exists (``"jobs"``: the SQLite file must be there).
+
+    Raises FileNotFoundError for a SQLite file that must exist and does not, DatabaseError for a
+    server that cannot be reached.
+    """
+    if schema not in ("archive", "jobs"):
+        raise ValueError(f"unknown schema part {schema!r}")
+    if is_server_url(location):
+        from service.storage.postgres import PostgresDatabase
+
+        return PostgresDatabase(location.strip(), readonly=readonly, schema=schema)
+    from service.storage.sqlite import SQLiteDatabase
+
+    return SQLiteDatabase(Path(root) / location, readonly=readonly, schema=schema)
+
+
+def schema_script(dialect: str, jobs_only: bool = False) -> str:
+    """resources/schema.sql for ``dialect`` (the archive's part, or only the UWS job table)."""
+    text = SCHEMA_FILE.read_text()
+    if JOBS_MARK not in text:
+        raise RuntimeError(f"{SCHEMA_FILE} has no {JOBS_MARK!r} section")
+    if jobs_only:
+        text = text.split(JOBS_MARK, 1)[1]
+    if dialect == "postgres":
+        from service.storage.postgres import postgres_ddl
+
+        return postgres_ddl(text)
+    return text
+
+
+def view_definitions(dialect: str) -> list[tuple[str, str]]:
+    """(name, SELECT …) of every view in resources/schema.sql, for re-creating them."""
+    pattern = re.compile(
+        r"CREATE (?:OR REPLACE )?VIEW (?:IF NOT EXISTS )?(\w+) AS\s(.*?);[ \t]*$", re.S | re.M
+    )
+    return pattern.findall(schema_script(dialect))

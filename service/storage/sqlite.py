@@ -1,0 +1,119 @@
+"""The archive in one SQLite file: the embedded default that needs no server.
+
+WAL mode, so readers (the service's read-only connections) never wait for the writer
+(a pipeline stage); writes take the lock at ``BEGIN IMMEDIATE`` rather than half-way through.
+The connection is in autocommit, as PostgreSQL sessions are: a statement outside
+:meth:`~SQLiteDatabase.transaction` commits on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from service.storage import Database, DatabaseError, schema_script
+
+_TYPES = {"double": "REAL", "integer": "INTEGER", "text": "TEXT"}
+#: Seconds a writer waits for another writer's lock before giving up.
+BUSY_TIMEOUT = 10.0
+
+
+def great_circle_degrees(ra1: float | None, dec1: float | None, ra2: float, dec2: float) -> float | None:
+    """Great-circle distance in degrees (haversine); None when a position is unknown. PostgreSQL's
+    ``latentvo_sep`` (service/storage/postgres.py) is the same formula in SQL."""
+    if ra1 is None or dec1 is None:
+        return None
+    p1, p2 = math.radians(dec1), math.radians(dec2)
+    h = (
+        math.sin((p2 - p1) / 2) ** 2
+        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(ra2 - ra1) / 2) ** 2
+    )
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
+
+
+class SQLiteDatabase(Database):
+    dialect = "sqlite"
+    types = _TYPES
+
+    def __init__(self, path: Path, readonly: bool = False, schema: str = "archive") -> None:
+        self.path = path
+        self.readonly = readonly
+        if readonly or schema == "jobs":
+            if not path.exists():
+                raise FileNotFoundError(path)
+            mode = "ro" if readonly else "rw"
+            self.connection = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode={mode}",
+                uri=True,
+                timeout=BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.connection = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        if not readonly:
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.executescript(schema_script(self.dialect, jobs_only=schema == "jobs"))
+        self.connection.row_factory = sqlite3.Row
+        self.connection.execute("PRAGMA foreign_keys=ON")
+        self.connection.create_function("latentvo_sep", 4, great_circle_degrees, deterministic=True)
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.connection.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise _error(exc) from exc
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            self.connection.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise _error(exc) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[SQLiteDatabase]:
+        self.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        self.execute("COMMIT")
+
+    def columns(self, table: str) -> list[str]:
+        quoted = table.replace('"', '""')
+        return [row[1].lower() for row in self.connection.execute(f'PRAGMA table_info("{quoted}")')]
+
+    def add_columns(self, table: str, names: Sequence[str], kind: str = "double") -> None:
+        have = set(self.columns(table))
+        with self.transaction():
+            for name in names:
+                if name.lower() not in have:
+                    self.connection.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {self.types[kind]}')
+
+    def end_request(self) -> None:
+        try:
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+            temporary = self.connection.execute(
+                "SELECT name FROM temp.sqlite_master WHERE type = 'table'"
+            ).fetchall()
+            for (name,) in temporary:
+                self.connection.execute('DROP TABLE temp."{}"'.format(name.replace('"', '""')))
+        except sqlite3.Error as exc:
+            raise DatabaseError(str(exc)) from exc
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _error(exc: sqlite3.Error) -> DatabaseError:
+    message = str(exc)
+    return DatabaseError(message, transient="locked" in message or "busy" in message)
