@@ -245,11 +245,11 @@ class Archive:
         self.ensure_latent_columns(dim)
         zcols = [f"z{i}" for i in range(dim)] + [f"z{i}_var" for i in range(dim)]
         cols = ["obs_publisher_did", "model_version", "row_index", "recon_error", *zcols]
-        sql = f"INSERT INTO ml_latent ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})"
         with self.transaction() as db:
             db.execute("DELETE FROM ml_latent WHERE model_version = ?", (version,))
-            db.executemany(
-                sql,
+            db.insert_rows(
+                "ml_latent",
+                cols,
                 (
                     (did, version, i, float(recon_error[i]), *mean[i].tolist(), *var[i].tolist())
                     for i, did in enumerate(dids)
@@ -300,10 +300,11 @@ class Archive:
                 f"INSERT INTO ml_label_correlation ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
                 ([version, *[row.get(c) for c in cols[1:]]] for row in correlations),
             )
-            db.executemany(
-                "UPDATE ml_latent SET lof_score = ?, anomaly_score = ? "
-                "WHERE model_version = ? AND row_index = ?",
-                ((float(lof[i]), float(anomaly[i]), version, i) for i in range(len(lof))),
+            db.update_rows(
+                "ml_latent",
+                ("model_version", "row_index"),
+                ("lof_score", "anomaly_score"),
+                ((version, i, float(lof[i]), float(anomaly[i])) for i in range(len(lof))),
             )
             db.execute(
                 "UPDATE ml_model SET informative_dims = ?, stage = 'analysed' WHERE model_version = ?",
@@ -314,9 +315,9 @@ class Archive:
         """Replace the 2-D map of a version made by ``method`` (row i of ``xy`` is ``dids[i]``)."""
         with self.transaction() as db:
             db.execute("DELETE FROM ml_map WHERE model_version = ? AND method = ?", (version, method))
-            db.executemany(
-                "INSERT INTO ml_map (model_version, method, obs_publisher_did, row_index, x, y) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+            db.insert_rows(
+                "ml_map",
+                ("model_version", "method", "obs_publisher_did", "row_index", "x", "y"),
                 ((version, method, did, i, float(xy[i, 0]), float(xy[i, 1])) for i, did in enumerate(dids)),
             )
 

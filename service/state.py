@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import threading
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,19 @@ class ServedModel:
 
     def row_of(self, did: str) -> int | None:
         return self.rows.get(did)
+
+
+class _Kept:
+    """A thread's kept archive connection; closed when the thread ends and its locals go (a server that
+    starts a thread per request must not leave a pooled connection behind with each one)."""
+
+    def __init__(self, identity: tuple | None, archive: Archive) -> None:
+        self.identity = identity
+        self.archive = archive
+
+    def __del__(self) -> None:
+        with suppress(Exception):  # interpreter shutdown, a connection already gone: nothing left to free
+            self.archive.close()
 
 
 class ServiceState:
@@ -70,23 +84,22 @@ class ServiceState:
                 ) from None
             identity = (info.st_dev, info.st_ino)
         held = getattr(self._connections, "held", None)
-        if held is None or held[0] != identity:
+        if held is None or held.identity != identity:
             if held is not None:
-                held[1].close()
-                del self._connections.held
+                del self._connections.held  # closes it
             try:
                 archive = Archive(
                     section["root"], section["database"], section["authority"], self.base_url, readonly=True
                 )
             except DatabaseError as exc:
                 raise TransientError(f"the archive database {describe(section['database'])}: {exc}") from exc
-            held = self._connections.held = (identity, archive)
-        g.latentvo_archive = held[1]
-        return held[1]
+            held = self._connections.held = _Kept(identity, archive)
+        g.latentvo_archive = held.archive
+        return held.archive
 
     def forget_archive(self, archive: Archive) -> None:
         held = getattr(self._connections, "held", None)
-        if held is not None and held[1] is archive:
+        if held is not None and held.archive is archive:
             del self._connections.held
 
     def served_model(self) -> ServedModel:

@@ -70,6 +70,17 @@ class Database(ABC):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
     @abstractmethod
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Append many rows at once (PostgreSQL: COPY, ~10x faster than INSERTs); inside a transaction
+        when the caller needs all or nothing."""
+
+    @abstractmethod
+    def update_rows(
+        self, table: str, keys: Sequence[str], values: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        """Set ``values`` columns of the rows found by ``keys``; each row gives the keys, then the values."""
+
+    @abstractmethod
     def transaction(self) -> Any:
         """A context manager: all statements inside commit together or not at all."""
 

@@ -77,6 +77,18 @@ class SQLiteDatabase(Database):
         except sqlite3.Error as exc:
             raise _error(exc) from exc
 
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        names = ", ".join(f'"{c}"' for c in columns)
+        self.executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})", rows)
+
+    def update_rows(
+        self, table: str, keys: Sequence[str], values: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        sets = ", ".join(f'"{c}" = ?' for c in values)
+        where = " AND ".join(f'"{c}" = ?' for c in keys)
+        n = len(keys)
+        self.executemany(f"UPDATE {table} SET {sets} WHERE {where}", ((*r[n:], *r[:n]) for r in rows))
+
     @contextmanager
     def transaction(self) -> Iterator[SQLiteDatabase]:
         self.execute("BEGIN IMMEDIATE")

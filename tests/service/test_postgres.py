@@ -135,3 +135,13 @@ def test_cone_conditions_select_the_same_spectra(tmp_path, database_location):
     )
     assert [r[0] for r in found] == ["east", "high", "minus", "wrap"]
     archive.close()
+
+
+def test_a_thread_per_request_server_gives_every_connection_back(postgres_live_server):
+    """The test server starts a thread per request; each thread's kept connection goes back to the pool
+    when the thread ends, so three pools' worth of requests all get an answer."""
+    from service.storage.postgres import POOL_SIZE
+
+    for _ in range(3 * POOL_SIZE):
+        response = requests.get(f"{postgres_live_server.url}/ssa/availability", timeout=30)
+        assert response.status_code == 200

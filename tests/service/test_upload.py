@@ -363,12 +363,12 @@ def test_a_kept_connection_carries_nothing_of_one_request_into_the_next(client):
     assert client.post("/tap/sync", data={**data, **files}).status_code == 200
     service = client.application.extensions["latentvo"]
     assert isinstance(service, ServiceState)
-    kept = service._connections.held[1]
+    kept = service._connections.held.archive
     assert kept.db.connection.execute("SELECT COUNT(*) FROM temp.sqlite_master").fetchone()[0] == 0
     assert not kept.db.connection.in_transaction
     again = client.post("/tap/sync", data={"LANG": "ADQL", "QUERY": "SELECT * FROM TAP_UPLOAD.t1"})
     assert again.status_code == 400 and b"t1" in again.data
-    assert service._connections.held[1] is kept  # the same connection served both
+    assert service._connections.held.archive is kept  # the same connection served both
 
 
 def test_a_replaced_archive_file_is_opened_afresh(tmp_path, live_server):
