@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = verbs.add_parser(verb, help=text)
         p.add_argument("--model-version", type=int, help="default: the newest version")
 
+    p = verbs.add_parser(
+        "copy-database",
+        help="copy the archive database to another (a SQLite archive moving to PostgreSQL)",
+        description="Copies every table of the configured archive database into TARGET (a PostgreSQL URL "
+        "or a SQLite file name in the archive root), which must hold no spectra, in one transaction. "
+        "The model files stay under the archive root: afterwards set [archive] database to TARGET.",
+    )
+    p.add_argument("--to", required=True, metavar="TARGET", help="postgresql://user@host/db or a file name")
+
     p = verbs.add_parser("serve", help="serve the archive over the IVOA protocols (gunicorn)")
     add_server_options(p)
 
@@ -104,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.verb == "serve":
         return serve(with_public_url(config, args), args)
+    if args.verb == "copy-database":
+        return copy_database(archive, config, args.to)
     if args.verb == "index":
         result = pipeline.build_index(archive, config, args.model_version, progress)
         print(
@@ -112,6 +123,21 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     raise AssertionError(args.verb)
+
+
+def copy_database(archive: Archive, config: dict, location: str) -> int:
+    from service.storage import describe, open_database
+    from service.storage.copy import copy_database as copy
+
+    target = open_database(location, archive.root)
+    try:
+        counts = copy(archive.db, target, lambda table, n: print(f"  {table}: {n} rows"))
+    finally:
+        target.close()
+    where = describe(location)
+    print(f"copied {counts['spectrum']} spectra and {counts['ml_model']} model versions to {where}")
+    print(f"serve it with [archive] database = {where!r} (or LATENTVO_ARCHIVE_DATABASE) and the same root")
+    return 0
 
 
 def print_analysis(summary: dict) -> None:

@@ -84,9 +84,13 @@ class Database(ABC):
     def transaction(self) -> Any:
         """A context manager: all statements inside commit together or not at all."""
 
-    @abstractmethod
     def columns(self, table: str) -> list[str]:
         """The column names of a table or view, lower case; empty when there is none."""
+        return list(self.column_kinds(table))
+
+    @abstractmethod
+    def column_kinds(self, table: str) -> dict[str, str]:
+        """Column name (lower case) → "double", "integer" or "text", in the table's order."""
 
     @abstractmethod
     def add_columns(self, table: str, names: Sequence[str], kind: str = "double") -> None:

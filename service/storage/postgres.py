@@ -31,6 +31,8 @@ POOL_SIZE = 16
 #: Seconds to wait for a pooled connection (or for the server) before giving up.
 CONNECT_TIMEOUT = 10.0
 _TYPES = {"double": "DOUBLE PRECISION", "integer": "INTEGER", "text": "TEXT"}
+_KINDS = {"double precision": "double", "real": "double", "numeric": "double"}
+_KINDS |= {"integer": "integer", "bigint": "integer", "smallint": "integer"}
 #: Quoted literals and identifiers (kept whole), ``?`` placeholders and ``%`` signs.
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?|%")
 _SCHEMA_LOCK = 0x6C61_7465_6E74  # pg_advisory_xact_lock key for creating the schema
@@ -227,13 +229,13 @@ class PostgresDatabase(Database):
         except psycopg.Error as exc:
             raise _error(exc) from exc
 
-    def columns(self, table: str) -> list[str]:
+    def column_kinds(self, table: str) -> dict[str, str]:
         rows = self.connection.execute(
-            "SELECT column_name FROM information_schema.columns "
+            "SELECT column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
             (table.lower(),),
         )
-        return [row[0].lower() for row in rows]
+        return {row[0].lower(): _KINDS.get(row[1], "text") for row in rows}
 
     def add_columns(self, table: str, names: Sequence[str], kind: str = "double") -> None:
         have = set(self.columns(table))

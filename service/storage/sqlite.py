@@ -99,9 +99,11 @@ class SQLiteDatabase(Database):
             raise
         self.execute("COMMIT")
 
-    def columns(self, table: str) -> list[str]:
+    def column_kinds(self, table: str) -> dict[str, str]:
         quoted = table.replace('"', '""')
-        return [row[1].lower() for row in self.connection.execute(f'PRAGMA table_info("{quoted}")')]
+        kinds = {"INTEGER": "integer", "REAL": "double"}
+        rows = self.connection.execute(f'PRAGMA table_info("{quoted}")')
+        return {row[1].lower(): kinds.get(str(row[2]).upper(), "text") for row in rows}
 
     def add_columns(self, table: str, names: Sequence[str], kind: str = "double") -> None:
         have = set(self.columns(table))

@@ -145,3 +145,44 @@ def test_a_thread_per_request_server_gives_every_connection_back(postgres_live_s
     for _ in range(3 * POOL_SIZE):
         response = requests.get(f"{postgres_live_server.url}/ssa/availability", timeout=30)
         assert response.status_code == 200
+
+
+def test_copy_database_moves_a_sqlite_archive_to_postgresql(tmp_path, live_server, postgres_url):
+    """`latentvo copy-database --to URL`: every table arrives as it was, the row numbering goes on after
+    the copied rows, and a second copy into the same database is refused."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from service.storage import open_database
+    from service.storage.copy import TABLES, TAP_SCHEMA_TABLES
+
+    root = tmp_path / "archive"
+    shutil.copytree(live_server.config["archive"]["root"], root)
+    command = [
+        str(Path(sys.executable).parent / "latentvo"),
+        "--quiet",
+        "copy-database",
+        "--to",
+        postgres_url,
+    ]
+    env = {**os.environ, "LATENTVO_ARCHIVE_ROOT": str(root)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "copied 200 spectra" in done.stdout
+    source = open_database("archive.sqlite", root, readonly=True)
+    target = open_database(postgres_url, root, readonly=True)
+    for table in [t for t in TABLES if t != "archive_setting"] + list(TAP_SCHEMA_TABLES):
+        columns = ", ".join(f'"{c}"' for c in source.columns(table))
+        rows = [sorted(tuple(r) for r in db.all(f"SELECT {columns} FROM {table}")) for db in (source, target)]
+        assert rows[0] == rows[1], table
+    archive = Archive(root, postgres_url)
+    archive.upsert_spectra([_spectrum("ivo://x/~?test/after-the-copy")])
+    assert archive.db.scalar("SELECT row_id FROM spectrum WHERE obs_id = 'after-the-copy'") == 201
+    archive.close()
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "already holds spectra" in again.stderr
+    source.close()
+    target.close()
