@@ -17,8 +17,11 @@ Needs wrk (Debian: apt-get install wrk).
 (no gunicorn, no wrk): what the application itself costs, as the fixes in bench/results/fixes.md
 are measured.
 
-Usage: python bench/load.py --root DIR [--duration 30] [--connections 1 16 64] [--workers 2]
-       [--only NAME ...] [--in-process N]
+``--database`` serves the archive database from elsewhere than ``root/archive.sqlite``, e.g. a
+PostgreSQL copy made by ``latentvo copy-database`` (the model files stay under ``--root``).
+
+Usage: python bench/load.py --root DIR [--database URL] [--duration 30] [--connections 1 16 64]
+       [--workers 2] [--only NAME ...] [--in-process N]
 Writes bench/results/load.json and load.md (``--name`` sets the stem).
 """
 
@@ -178,6 +181,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--root", type=Path, required=True, help="archive root with a model in service")
+    parser.add_argument("--database", help="[archive] database (default: the SQLite file under --root)")
     parser.add_argument("--duration", type=int, default=30)
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--workers", type=int, default=2)
@@ -196,11 +200,15 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench/load.py needs wrk: apt-get install wrk")
 
-    chosen, positioned, spectrum, n_spectra = archive_sample(args.root, args.ids)
+    archive_settings = {"root": str(args.root)} | ({"database": args.database} if args.database else {})
+    if args.database:
+        os.environ["LATENTVO_ARCHIVE_DATABASE"] = args.database  # for the gunicorn it starts
+    chosen, positioned, spectrum, n_spectra = archive_sample(archive_settings, args.ids)
     results: dict = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
         "n_spectra": n_spectra,
+        "database": "postgresql" if args.database and args.database.startswith("postgres") else "sqlite",
         "workers": args.workers,
         "duration_s": args.duration,
         "runs": {},
@@ -211,7 +219,7 @@ def main() -> None:
         queries = query_set(chosen, positioned, multipart("upload.csv", csv.read_bytes()))
         queries = {name: query for name, query in queries.items() if not args.only or name in args.only}
         if args.in_process:
-            results["in_process"] = in_process(args.root, queries, args.in_process)
+            results["in_process"] = in_process(archive_settings, queries, args.in_process)
         else:
             with gunicorn(args.root, workers=args.workers) as url:
                 serve_under_load(url, queries, args, work, results)
@@ -223,10 +231,10 @@ def main() -> None:
     print(text)
 
 
-def archive_sample(root: Path, ids: int) -> tuple[list[str], tuple[float, float] | None, object, int]:
+def archive_sample(settings: dict, ids: int) -> tuple[list[str], tuple[float, float] | None, object, int]:
     """``ids`` archive DIDs drawn with a fixed seed, a position for the cone, the first one's
     spectrum (the upload) and the archive's size."""
-    archive = Archive.from_config(load_config(DEMO_CONFIG, {"archive": {"root": str(root)}}, environ={}))
+    archive = Archive.from_config(load_config(DEMO_CONFIG, {"archive": settings}, environ={}))
     version = archive.current_model()["model_version"]
     dids = archive.latent_dids(version)
     rng = np.random.default_rng(0)
@@ -274,12 +282,12 @@ def check(answer, name: str) -> None:
         raise RuntimeError(f"{name}: HTTP {answer.status_code}: {answer.text[:500]}")
 
 
-def in_process(root: Path, queries: dict, n: int) -> dict:
+def in_process(settings: dict, queries: dict, n: int) -> dict:
     """p50 and p95 of ``n`` sequential requests of each query through Flask's test client (no HTTP,
     no gunicorn): what the application itself costs, the figure the fixes are measured by."""
     from service.app import create_app
 
-    client = create_app(load_config(DEMO_CONFIG, {"archive": {"root": str(root)}}, environ={})).test_client()
+    client = create_app(load_config(DEMO_CONFIG, {"archive": settings}, environ={})).test_client()
     found = {}
     for name, query in queries.items():
         paths = query["paths"]
@@ -309,7 +317,8 @@ def run_cells(r: dict) -> Iterator[tuple[str, str, dict, list[str]]]:
 def markdown(r: dict) -> str:
     if "in_process" in r:
         lines = [
-            f"# In process (Flask's test client, no HTTP): {r['n_spectra']} spectra",
+            f"# In process (Flask's test client, no HTTP): {r['n_spectra']} spectra "
+            f"on {r.get('database', 'sqlite')}",
             "",
             f"Run {r['when']} on {r['machine']}; sequential requests, cycling through archive spectra.",
             "",
@@ -322,7 +331,8 @@ def markdown(r: dict) -> str:
         ]
         return "\n".join(lines + [""])
     lines = [
-        f"# Serving under load: {r['n_spectra']} spectra, {r['workers']} gunicorn workers",
+        f"# Serving under load: {r['n_spectra']} spectra on {r.get('database', 'sqlite')}, "
+        f"{r['workers']} gunicorn workers",
         "",
         f"Run {r['when']} on {r['machine']}; wrk, {r['duration_s']} s per run, client and server on one "
         "machine.",

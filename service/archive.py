@@ -220,6 +220,10 @@ class Archive:
             raise LookupError("no model version is in service yet: run `latentvo index`")
         return row
 
+    def current_version(self) -> int | None:
+        """The version in service, or None: one small read, made on every request."""
+        return self.db.scalar("SELECT model_version FROM ml_model WHERE is_current = 1")
+
     def update_model(self, version: int, **fields: Any) -> None:
         sets = ",".join(f"{name} = ?" for name in fields)
         with self.transaction() as db:

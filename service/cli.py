@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = verbs.add_parser(verb, help=text)
         p.add_argument("--model-version", type=int, help="default: the newest version")
+        if verb == "encode":
+            p.add_argument(
+                "--dask",
+                nargs="?",
+                const="",
+                metavar="SCHEDULER",
+                help="run on Dask: the scheduler at SCHEDULER (tcp://host:8786), or without one a "
+                "LocalCluster of this machine's cores",
+            )
 
     p = verbs.add_parser(
         "copy-database",
@@ -105,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.verb == "encode":
-        version = pipeline.encode(archive, args.model_version, progress=progress)
+        dask = False if args.dask is None else (args.dask or None)
+        version = pipeline.encode(archive, args.model_version, progress=progress, dask=dask)
         print(f"model version {version}: encoded {archive.count('spectrum')} spectra")
         return 0
     if args.verb == "analyse":

@@ -37,7 +37,7 @@ from model.api import (
     LatentModel,
     continuum_mismatch,
 )
-from model.atomic import atomic_path, write_json_atomic, write_npy_atomic
+from model.atomic import write_json_atomic, write_npy_atomic
 from model.augment import degrade
 from model.checkpoint import save_checkpoint
 from model.ood import OOD_FILE, OODReference, sample_rows
@@ -329,40 +329,88 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
 # -- encode -----------------------------------------------------------------------------
 
 
+#: Spectra per encoding batch; partitions of a Dask run are whole multiples of it.
+ENCODE_BATCH = 1024
+
+
+@dataclass
+class Encoded:
+    """What encoding gives for a run of archive rows, in their order."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    recon: np.ndarray
+    coverage: np.ndarray
+    velocity: np.ndarray  # (n, 2): km/s and its error, NaN where none was measured
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Encoded]) -> Encoded:
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__))
+
+
+def encode_rows(
+    latent_model: LatentModel, rows: Sequence, batch_size: int = ENCODE_BATCH, progress: bool = False
+) -> Encoded:
+    """Encode the spectra of archive ``rows`` (source_path, source_index), reading each file once.
+
+    The same computation runs in one process (:func:`encode`) and on Dask workers
+    (service/cluster.py): a spectrum's encoding does not depend on what else is in its batch.
+    """
+    n, dim = len(rows), latent_model.latent_dim
+    found = Encoded(
+        np.empty((n, dim), np.float32),
+        np.empty((n, dim), np.float32),
+        np.empty(n, np.float32),
+        np.empty(n, np.float32),
+        np.full((n, 2), np.nan, np.float32),
+    )
+    for positions, batch in _batches(load_spectra(rows), batch_size, n, progress):
+        encoded = latent_model.encode_spectra(batch)
+        found.mean[positions], found.var[positions] = encoded.mean, encoded.var
+        found.recon[positions], found.coverage[positions] = encoded.recon_error, encoded.coverage
+        for position, measured in zip(
+            positions, latent_model.velocities(batch, encoded.mean, encoded.rest), strict=True
+        ):
+            if measured is not None:
+                found.velocity[position] = measured.rv_kms, measured.error_kms
+    return found
+
+
 def encode(
-    archive: Archive, version: int | None = None, batch_size: int = 1024, progress: bool = True
+    archive: Archive,
+    version: int | None = None,
+    batch_size: int = ENCODE_BATCH,
+    progress: bool = True,
+    dask: str | None | bool = False,
 ) -> int:
-    """Posterior means and variances of every archive spectrum, into the DB and .npy matrices."""
+    """Posterior means and variances of every archive spectrum, into the DB and .npy matrices.
+
+    ``dask``: False runs here; None a LocalCluster of this machine; an address that scheduler's cluster
+    (service/cluster.py). Either way the version's files and rows are written only at the end.
+    """
     version = archive.model(version)["model_version"]
     directory = archive.model_dir(version)
-    latent_model = LatentModel(directory)
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
-    n, dim = len(rows), latent_model.latent_dim
-    recon = np.empty(n, np.float32)
-    coverage = np.empty(n, np.float32)
-    velocity = np.full((n, 2), np.nan, np.float32)
-    with atomic_path(directory / MEAN_FILE) as mean_tmp, atomic_path(directory / VAR_FILE) as var_tmp:
-        mean = np.lib.format.open_memmap(mean_tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-        var = np.lib.format.open_memmap(var_tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-        for positions, batch in _batches(load_spectra(rows), batch_size, n, progress):
-            encoded = latent_model.encode_spectra(batch)
-            mean[positions], var[positions], recon[positions] = encoded.mean, encoded.var, encoded.recon_error
-            coverage[positions] = encoded.coverage
-            for position, found in zip(
-                positions, latent_model.velocities(batch, encoded.mean, encoded.rest), strict=True
-            ):
-                if found is not None:
-                    velocity[position] = found.rv_kms, found.error_kms
-        mean.flush()
-        var.flush()
-        del mean, var
-    mean = np.load(directory / MEAN_FILE, mmap_mode="r")
-    var = np.load(directory / VAR_FILE, mmap_mode="r")
-    write_npy_atomic(directory / VELOCITY_FILE, velocity)
-    write_npy_atomic(directory / QUALITY_FILE, np.column_stack([coverage, recon]))
-    archive.write_latents(version, [r["obs_publisher_did"] for r in rows], mean, var, recon)
-    archive.update_model(version, stage="encoded")
+    if dask is False:
+        encoded = encode_rows(LatentModel(directory), rows, batch_size, progress)
+    else:
+        from service.cluster import cluster_client, encode_on_cluster
+
+        with cluster_client(dask if isinstance(dask, str) else None) as client:
+            encoded = encode_on_cluster(client, directory, rows, batch_size, progress=progress)
+    write_encoding(archive, version, [r["obs_publisher_did"] for r in rows], encoded)
     return version
+
+
+def write_encoding(archive: Archive, version: int, dids: Sequence[str], encoded: Encoded) -> None:
+    """A version's encoding, landed: matrices renamed into place, then its rows in one transaction."""
+    directory = archive.model_dir(version)
+    write_npy_atomic(directory / MEAN_FILE, encoded.mean)
+    write_npy_atomic(directory / VAR_FILE, encoded.var)
+    write_npy_atomic(directory / VELOCITY_FILE, encoded.velocity)
+    write_npy_atomic(directory / QUALITY_FILE, np.column_stack([encoded.coverage, encoded.recon]))
+    archive.write_latents(version, dids, encoded.mean, encoded.var, encoded.recon)
+    archive.update_model(version, stage="encoded")
 
 
 def _batches(items: Iterator[tuple[int, Spectrum]], size: int, total: int, progress: bool):

@@ -105,15 +105,18 @@ class ServiceState:
     def served_model(self) -> ServedModel:
         """The current model version, (re)loaded when the archive says another one is in service."""
         archive = self.archive()
-        try:
-            record = dict(archive.current_model())
-        except LookupError as exc:
-            raise TransientError(str(exc)) from exc
+        current = archive.current_version()
+        if current is None:
+            raise TransientError("no model version is in service yet: run `latentvo index`")
         served = self._served
-        if served is not None and served.version == record["model_version"]:
+        if served is not None and served.version == current:
             return served
         with self._lock:
-            if self._served is None or self._served.version != record["model_version"]:
+            if self._served is None or self._served.version != current:
+                try:
+                    record = dict(archive.current_model())
+                except LookupError as exc:  # swapped out again meanwhile
+                    raise TransientError(str(exc)) from exc
                 version = record["model_version"]
                 gc.unfreeze()  # the version replaced may leave cycles for the collector to free
                 model = LatentModel(archive.model_dir(version))

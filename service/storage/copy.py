@@ -67,6 +67,8 @@ def copy_database(
                 "SELECT setval(pg_get_serial_sequence('spectrum', 'row_id'), "
                 "COALESCE((SELECT MAX(row_id) FROM spectrum), 0) + 1, false)"
             )
+    if target.dialect == "postgres":
+        target.execute("ANALYZE")  # the planner's statistics now, not at autovacuum's leisure
     return counts
 
 

@@ -102,9 +102,10 @@ def _row_class(names: tuple[str, ...]) -> type[_Row]:
 
 
 def _row_factory(cursor: psycopg.Cursor) -> Any:
-    if cursor.description is None:
+    result = cursor.pgresult  # its names, not cursor.description: that builds an object per column
+    if result is None or not result.nfields:
         return tuple
-    return _row_class(tuple(column.name for column in cursor.description))
+    return _row_class(tuple(result.fname(i).decode() for i in range(result.nfields)))
 
 
 def _configure(connection: psycopg.Connection) -> None:
@@ -251,7 +252,8 @@ class PostgresDatabase(Database):
         try:
             if self.connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self.connection.rollback()
-            self.connection.execute("DISCARD TEMP")
+            if not self.readonly:  # a read-only session cannot have made any
+                self.connection.execute("DISCARD TEMP")
         except psycopg.Error as exc:
             raise _error(exc) from exc
 
