@@ -103,9 +103,10 @@ def _row_class(names: tuple[str, ...]) -> type[_Row]:
 
 def _row_factory(cursor: psycopg.Cursor) -> Any:
     result = cursor.pgresult  # its names, not cursor.description: that builds an object per column
-    if result is None or not result.nfields:
+    names = [result.fname(i) for i in range(result.nfields)] if result is not None else []
+    if not names or None in names:  # no rows to make (a statement, COPY)
         return tuple
-    return _row_class(tuple(result.fname(i).decode() for i in range(result.nfields)))
+    return _row_class(tuple(name.decode() for name in names))
 
 
 def _configure(connection: psycopg.Connection) -> None:
