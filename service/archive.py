@@ -105,8 +105,7 @@ class Archive:
             )
 
     def did(self, collection: str, identifier: str) -> str:
-        """The publisher DID: ``ivo://<authority>/~?<collection>/<key>`` with URL-safe parts."""
-        return f"ivo://{self.authority}/~?{safe_key(collection)}/{safe_key(identifier)}"
+        return publisher_did(self.authority, collection, identifier)
 
     # -- spectra ------------------------------------------------------------------------
 
@@ -341,6 +340,11 @@ class Archive:
             "WHERE m.model_version = ? AND m.method = ? ORDER BY m.row_index",
             (version, method),
         )
+
+
+def publisher_did(authority: str, collection: str, identifier: str) -> str:
+    """The publisher DID: ``ivo://<authority>/~?<collection>/<key>`` with URL-safe parts."""
+    return f"ivo://{authority}/~?{safe_key(collection)}/{safe_key(identifier)}"
 
 
 def safe_key(text: str) -> str:

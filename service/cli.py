@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="spectrum files or directories")
     p.add_argument("--labels", help="table of labels keyed by identifier (ECSV, CSV, VOTable, FITS)")
     p.add_argument("--collection", help="obs_collection for these spectra (default from config)")
+    add_dask_option(p)
 
     verbs.add_parser("train", help="train a new model version on the archive")
     for verb, text in (
@@ -41,14 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = verbs.add_parser(verb, help=text)
         p.add_argument("--model-version", type=int, help="default: the newest version")
         if verb == "encode":
-            p.add_argument(
-                "--dask",
-                nargs="?",
-                const="",
-                metavar="SCHEDULER",
-                help="run on Dask: the scheduler at SCHEDULER (tcp://host:8786), or without one a "
-                "LocalCluster of this machine's cores",
-            )
+            add_dask_option(p)
 
     p = verbs.add_parser(
         "copy-database",
@@ -68,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-serve", action="store_true", help="stop after building the archive")
     add_server_options(p)
     return parser
+
+
+def add_dask_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dask",
+        nargs="?",
+        const="",
+        metavar="SCHEDULER",
+        help="run on Dask: the scheduler at SCHEDULER (tcp://host:8786), or without one a LocalCluster "
+        "of this machine's cores",
+    )
+
+
+def dask_target(args: argparse.Namespace) -> str | None | bool:
+    """--dask as the stages take it: False (not asked), None (a LocalCluster) or a scheduler address."""
+    return False if args.dask is None else (args.dask or None)
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     archive = Archive.from_config(config)
     if args.verb == "ingest":
         collection = args.collection or config["archive"]["default_collection"]
-        summary = pipeline.ingest(archive, args.paths, args.labels, collection, progress)
+        summary = pipeline.ingest(archive, args.paths, args.labels, collection, progress, dask_target(args))
         print(summary)
         return 1 if summary.failed and not (summary.added or summary.updated) else 0
     if args.verb == "train":
@@ -114,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.verb == "encode":
-        dask = False if args.dask is None else (args.dask or None)
-        version = pipeline.encode(archive, args.model_version, progress=progress, dask=dask)
+        version = pipeline.encode(archive, args.model_version, progress=progress, dask=dask_target(args))
         print(f"model version {version}: encoded {archive.count('spectrum')} spectra")
         return 0
     if args.verb == "analyse":

@@ -1,9 +1,10 @@
-"""The batch stages on a Dask cluster: ``latentvo encode --dask [ADDRESS]``.
+"""The batch stages on a Dask cluster: ``latentvo ingest|encode --dask [ADDRESS]``.
 
 Without an address the cluster is a LocalCluster of this machine (one single-threaded worker
 process per core, spawned, never forked: the calling process has torch loaded); with one, the
 scheduler at ADDRESS and its workers, which must see the archive's files and model directory at the
-same paths. The archive's rows are cut into partitions of whole encoding batches; each task reads
+same paths. Ingest reads one file per task and lands every file's rows in one transaction at the
+end. Encode cuts the archive's rows into partitions of whole encoding batches; each task reads
 its rows' files, encodes them on its worker (on the worker's GPU where it has one) and sends the
 arrays back. Nothing is written until every partition is back: then the matrices and the database
 rows land as a single-process run lands them, so a failed run leaves the archive as it was. A worker
@@ -91,6 +92,29 @@ def encode_on_cluster(
             if report is not None:
                 report(len(found), len(parts))
     return Encoded.concatenate([found[number] for number in range(len(parts))])
+
+
+def read_on_cluster(
+    client, files: Sequence[Path], collection: str, authority: str, labels: dict
+) -> Iterator[tuple[int, Path, list[dict] | str]]:
+    """(file number from 1, path, its rows or the error that makes it unusable) in file order, each
+    as soon as it and every file before it are read."""
+    from distributed import as_completed
+
+    from service.pipeline import read_file_rows
+
+    [shared] = client.scatter([labels], broadcast=True) if labels else [{}]
+    futures = {
+        client.submit(read_file_rows, path, collection, authority, shared, pure=False): number
+        for number, path in enumerate(files, 1)
+    }
+    waiting: dict[int, list[dict] | str] = {}
+    following = 1
+    for future in as_completed(futures):
+        waiting[futures[future]] = future.result()
+        while following in waiting:
+            yield following, files[following - 1], waiting.pop(following)
+            following += 1
 
 
 def encode_partition(directory: str, rows: list[tuple[str, int]], batch_size: int) -> Encoded:

@@ -47,7 +47,7 @@ from model.similarity import LatentIndex
 from model.spectrum import KNOWN_LABELS, Spectrum, SpectrumReadError
 from model.training import TrainConfig, train
 from model.velocity import against_files
-from service.archive import Archive, safe_key, utc_now
+from service.archive import Archive, publisher_did, safe_key, utc_now
 from service.tap.schema import tableset_for, write_tap_schema
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def read_label_table(path: str | os.PathLike) -> dict[str, dict[str, float]]:
 
 
 def spectrum_row(
-    archive: Archive, spectrum: Spectrum, collection: str, sha256: str, labels: dict[str, float]
+    authority: str, spectrum: Spectrum, collection: str, sha256: str, labels: dict[str, float]
 ) -> dict:
     """The archive row of one spectrum (ObsCore-style units: metres, MJD, seconds)."""
     wave = spectrum.vacuum_wavelength()[spectrum.good]
@@ -121,7 +121,7 @@ def spectrum_row(
     extra = {k: v for k, v in all_labels.items() if k not in KNOWN_LABELS}
     mjd = spectrum.obs_time.mjd if spectrum.obs_time is not None else None
     return {
-        "obs_publisher_did": archive.did(collection, spectrum.identifier),
+        "obs_publisher_did": publisher_did(authority, collection, spectrum.identifier),
         "obs_id": safe_key(spectrum.identifier),
         "obs_collection": collection,
         "target_name": spectrum.target_name or None,
@@ -161,37 +161,62 @@ def ingest(
     labels_file: str | None = None,
     collection: str = "default",
     progress: bool = True,
+    dask: str | None | bool = False,
 ) -> IngestSummary:
-    """Put spectra into the archive, one transaction per file; broken files are reported and skipped."""
+    """Put spectra into the archive; broken files are reported and skipped.
+
+    In one process each file is its own transaction. With ``dask`` (None: a LocalCluster; an address:
+    that scheduler's cluster) the files are read on the workers and every file's rows land in one
+    transaction at the end, in file order, so the rows are numbered as in one process.
+    """
     collection = safe_key(collection)
     labels = read_label_table(labels_file) if labels_file else {}
     files = expand_paths(paths)
     summary = IngestSummary(files=len(files))
     bar = tqdm(desc="ingest", unit="spectrum", disable=not progress)
-    for number, path in enumerate(files, 1):
-        try:
-            if not path.is_file():
-                raise SpectrumReadError(path, "no such file")
-            sha, size = file_sha256(path), path.stat().st_size
-            rows = []
-            for spectrum in iter_spectra(path):
-                extra = labels.get(spectrum.identifier) or labels.get(path.name) or labels.get(path.stem)
-                rows.append(spectrum_row(archive, spectrum, collection, sha, extra or {}))
-                bar.update()
-            if not rows:
-                raise SpectrumReadError(path, "no spectra in file")
-            for row in rows:
-                row["access_estsize"] = max(1, size // len(rows) // 1024)
+
+    def land(number: int, path: Path, rows: list[dict] | str) -> None:
+        if isinstance(rows, str):
+            summary.failed.append((str(path), rows))
+            log.warning("skipped %s", rows)
+        else:
             added, updated = archive.upsert_spectra(rows)
-        except (SpectrumReadError, ValueError) as exc:
-            summary.failed.append((str(path), str(exc)))
-            log.warning("skipped %s", exc)
-            continue
-        summary.added += added
-        summary.updated += updated
+            summary.added += added
+            summary.updated += updated
+            bar.update(len(rows))
         bar.set_postfix(files=f"{number}/{len(files)}", failed=len(summary.failed))
+
+    if dask is False:
+        for number, path in enumerate(files, 1):
+            land(number, path, read_file_rows(path, collection, archive.authority, labels))
+    else:
+        from service.cluster import cluster_client, read_on_cluster
+
+        with cluster_client(dask if isinstance(dask, str) else None) as client, archive.transaction():
+            for number, path, rows in read_on_cluster(client, files, collection, archive.authority, labels):
+                land(number, path, rows)
     bar.close()
     return summary
+
+
+def read_file_rows(path: Path, collection: str, authority: str, labels: dict[str, dict]) -> list[dict] | str:
+    """The archive rows of one file's spectra, or what makes the file unusable (a message: it travels
+    back from Dask workers, where an exception would arrive as another one)."""
+    try:
+        if not path.is_file():
+            raise SpectrumReadError(path, "no such file")
+        sha, size = file_sha256(path), path.stat().st_size
+        rows = []
+        for spectrum in iter_spectra(path):
+            extra = labels.get(spectrum.identifier) or labels.get(path.name) or labels.get(path.stem)
+            rows.append(spectrum_row(authority, spectrum, collection, sha, extra or {}))
+        if not rows:
+            raise SpectrumReadError(path, "no spectra in file")
+    except (SpectrumReadError, ValueError) as exc:
+        return str(exc)
+    for row in rows:
+        row["access_estsize"] = max(1, size // len(rows) // 1024)
+    return rows
 
 
 # -- reading archive spectra back ----------------------------------------------------------

@@ -91,6 +91,10 @@ class SQLiteDatabase(Database):
 
     @contextmanager
     def transaction(self) -> Iterator[SQLiteDatabase]:
+        """All or nothing; inside another transaction, part of it (as PostgreSQL's savepoints are)."""
+        if self.connection.in_transaction:
+            yield self
+            return
         self.execute("BEGIN IMMEDIATE")
         try:
             yield self

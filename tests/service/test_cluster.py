@@ -105,3 +105,26 @@ def test_encode_with_dask_lands_the_same_files_and_rows(tmp_path, live_server, c
         tuple(r[:4]) + (None, None) + tuple(r[6:]) for r in rows_before
     ]
     archive.close()
+
+
+def test_ingest_with_dask_stores_the_rows_one_process_stores(tmp_path, cluster, demo_dir, miles_dir):
+    """Files read on the workers, landed in file order in one transaction: the same rows with the same
+    numbers as one process gives, and the same broken files reported."""
+    from tests.conftest import write_sky_sample
+
+    write_sky_sample(tmp_path / "sky.fits", n=12)
+    broken = tmp_path / "broken.fits"
+    broken.write_bytes((demo_dir / "miles_demo.fits").read_bytes()[:100_000])
+    files = [demo_dir / "miles_demo.fits", broken, miles_dir / "miles_spectra.fits", tmp_path / "sky.fits"]
+    found = []
+    for name, dask in (("one", False), ("dask", cluster.scheduler.address)):
+        archive = Archive(tmp_path / name)
+        summary = pipeline.ingest(archive, files, collection="mixed", progress=False, dask=dask)
+        columns = [c for c in archive.db.columns("spectrum") if c != "ingested_at"]
+        rows = archive.db.all(f"SELECT {', '.join(columns)} FROM spectrum ORDER BY row_id")
+        found.append(
+            (summary.added, summary.updated, [f for f, _ in summary.failed], [tuple(r) for r in rows])
+        )
+        archive.close()
+    assert found[0] == found[1]
+    assert found[0][0] == 220 and found[0][2] == [str(broken)]

@@ -193,7 +193,7 @@ def test_ingest_stores_right_ascension_in_the_obscore_range(tmp_path, ra, stored
 
     wave = np.linspace(4000.0, 5000.0, 50)
     spectrum = Spectrum(wave, np.ones(50), identifier="s1", ra=ra, dec=10.0, source=str(tmp_path / "s1.fits"))
-    row = pipeline.spectrum_row(Archive(tmp_path / "archive"), spectrum, "test", "0", {})
+    row = pipeline.spectrum_row("latentvo.example", spectrum, "test", "0", {})
     assert row["s_ra"] == (pytest.approx(stored) if stored is not None else None)
 
 
