@@ -10,6 +10,7 @@ import importlib.util
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
@@ -108,13 +109,41 @@ def mutual_information(
     Returns one dict per (dimension, label): ``dim``, ``label``, ``mi``, ``mi_err``,
     ``pearson``, ``spearman``, ``n`` (rows used).
     """
+    latents = np.asarray(latents, dtype=np.float64)
+    rows: list[dict] = []
+    for plan in mi_plans(latents, labels, n_neighbors, n_bootstrap, subsample, seed, max_rows):
+        rows += label_information(latents[plan.keep], plan, n_neighbors, seed)
+    return rows
+
+
+@dataclass
+class LabelPlan:
+    """One label's share of :func:`mutual_information`: its values, the rows it uses (``keep``) and the
+    subsamples (indices into ``keep``) the uncertainty comes from. The random draws are all made when
+    the plans are, in order, so the estimates can then run anywhere (Dask workers) with the same result."""
+
+    name: str
+    y: np.ndarray
+    keep: np.ndarray
+    subsamples: list[np.ndarray]
+
+
+def mi_plans(
+    latents: np.ndarray,
+    labels: Mapping[str, np.ndarray],
+    n_neighbors: int = 3,
+    n_bootstrap: int = 20,
+    subsample: float = 0.8,
+    seed: int = 0,
+    max_rows: int | None = None,
+) -> list[LabelPlan]:
+    """The labels :func:`mutual_information` can estimate, with every random draw it makes for them."""
     if not 0.0 < subsample < 1.0:
         raise ValueError("subsample must be a fraction in (0, 1)")
-    latents = np.asarray(latents, dtype=np.float64)
     if latents.ndim != 2:
         raise ValueError(f"latents must be (n, d), not {latents.shape}")
     rng = np.random.default_rng(seed)
-    rows = []
+    plans = []
     for name, values in labels.items():
         y = np.asarray(np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan))
         if y.shape != (latents.shape[0],):
@@ -122,34 +151,39 @@ def mutual_information(
         keep = _one_row_per_value(y, rng)
         if max_rows is not None and keep.size > max_rows:
             keep = np.sort(rng.choice(keep, max_rows, replace=False))
-        x, y = latents[keep], y[keep]
-        if y.size < MIN_LABEL_ROWS or np.ptp(y) == 0:
+        if keep.size < MIN_LABEL_ROWS or np.ptp(y[keep]) == 0:
             continue
-        mi = _mi(x, y, n_neighbors, seed)
-        m = min(max(int(round(subsample * y.size)), n_neighbors + 2), y.size - 1)
-        repeats = np.array(
-            [
-                _mi(x[idx], y[idx], n_neighbors, seed)
-                for idx in (rng.choice(y.size, m, replace=False) for _ in range(n_bootstrap))
-            ]
-        )
-        spread = repeats.std(axis=0, ddof=1) if n_bootstrap > 1 else np.full_like(mi, np.nan)
-        mi_err = spread * np.sqrt(m / (y.size - m))
-        pearson = _correlations(x, y)
-        spearman = _correlations(rankdata(x, axis=0), rankdata(y))
-        rows += [
-            {
-                "dim": j,
-                "label": name,
-                "mi": float(mi[j]),
-                "mi_err": float(mi_err[j]),
-                "pearson": float(pearson[j]),
-                "spearman": float(spearman[j]),
-                "n": int(y.size),
-            }
-            for j in range(x.shape[1])
-        ]
-    return rows
+        m = min(max(int(round(subsample * keep.size)), n_neighbors + 2), keep.size - 1)
+        subsamples = [rng.choice(keep.size, m, replace=False) for _ in range(n_bootstrap)]
+        plans.append(LabelPlan(name, y[keep], keep, subsamples))
+    return plans
+
+
+def label_information(x: np.ndarray, plan: LabelPlan, n_neighbors: int = 3, seed: int = 0) -> list[dict]:
+    """MI, its error and the correlations of every column of ``x`` (the latents of ``plan.keep``) with
+    the label: the rows :func:`mutual_information` returns for it."""
+    y = plan.y
+    mi = _mi(x, y, n_neighbors, seed)
+    repeats = np.array([_mi(x[idx], y[idx], n_neighbors, seed) for idx in plan.subsamples])
+    if len(plan.subsamples) > 1:
+        m = len(plan.subsamples[0])
+        mi_err = repeats.std(axis=0, ddof=1) * np.sqrt(m / (y.size - m))
+    else:
+        mi_err = np.full_like(mi, np.nan)
+    pearson = _correlations(x, y)
+    spearman = _correlations(rankdata(x, axis=0), rankdata(y))
+    return [
+        {
+            "dim": j,
+            "label": plan.name,
+            "mi": float(mi[j]),
+            "mi_err": float(mi_err[j]),
+            "pearson": float(pearson[j]),
+            "spearman": float(spearman[j]),
+            "n": int(y.size),
+        }
+        for j in range(x.shape[1])
+    ]
 
 
 def _one_row_per_value(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = verbs.add_parser(verb, help=text)
         p.add_argument("--model-version", type=int, help="default: the newest version")
-        if verb == "encode":
+        if verb in ("encode", "analyse"):
             add_dask_option(p)
 
     p = verbs.add_parser(
@@ -128,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"model version {version}: encoded {archive.count('spectrum')} spectra")
         return 0
     if args.verb == "analyse":
-        print_analysis(pipeline.analyse(archive, config, args.model_version, progress=progress))
+        print_analysis(
+            pipeline.analyse(archive, config, args.model_version, progress=progress, dask=dask_target(args))
+        )
         return 0
     if args.verb == "serve":
         return serve(with_public_url(config, args), args)

@@ -1,4 +1,4 @@
-"""The batch stages on a Dask cluster: ``latentvo ingest|encode --dask [ADDRESS]``.
+"""The batch stages on a Dask cluster: ``latentvo ingest|encode|analyse --dask [ADDRESS]``.
 
 Without an address the cluster is a LocalCluster of this machine (one single-threaded worker
 process per core, spawned, never forked: the calling process has torch loaded); with one, the
@@ -7,7 +7,9 @@ same paths. Ingest reads one file per task and lands every file's rows in one tr
 end. Encode cuts the archive's rows into partitions of whole encoding batches; each task reads
 its rows' files, encodes them on its worker (on the worker's GPU where it has one) and sends the
 arrays back. Nothing is written until every partition is back: then the matrices and the database
-rows land as a single-process run lands them, so a failed run leaves the archive as it was. A worker
+rows land as a single-process run lands them, so a failed run leaves the archive as it was. Analyse
+sends its mutual-information estimates, one task per label, to the workers (the random draws are
+made first, in order, so the figures are the same); LOF and the maps stay in this process. A worker
 that dies mid-run loses only its tasks, which the scheduler runs again on another worker (up to
 ``distributed.scheduler.allowed-failures`` times).
 """
@@ -20,6 +22,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from service.pipeline import ENCODE_BATCH, Encoded
@@ -115,6 +118,20 @@ def read_on_cluster(
         while following in waiting:
             yield following, files[following - 1], waiting.pop(following)
             following += 1
+
+
+def information_on_cluster(
+    client, latents: np.ndarray, labels: dict[str, np.ndarray], n_neighbors: int = 3, n_bootstrap: int = 20
+) -> list[dict]:
+    """model.analysis.mutual_information with one task per label: the draws are made here, in order."""
+    from model.analysis import label_information, mi_plans
+
+    latents = np.asarray(latents, dtype=np.float64)
+    plans = mi_plans(latents, labels, n_neighbors, n_bootstrap)
+    futures = [
+        client.submit(label_information, latents[plan.keep], plan, n_neighbors, pure=False) for plan in plans
+    ]
+    return [row for rows in client.gather(futures) for row in rows]
 
 
 def encode_partition(directory: str, rows: list[tuple[str, int]], batch_size: int) -> Encoded:

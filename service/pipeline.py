@@ -457,8 +457,27 @@ def _batches(items: Iterator[tuple[int, Spectrum]], size: int, total: int, progr
 # -- analyse ----------------------------------------------------------------------------
 
 
-def analyse(archive: Archive, config: dict, version: int | None = None, progress: bool = True) -> dict:
-    """Informative dimensions, label mutual information (model and PCA), anomaly scores."""
+def analyse(
+    archive: Archive,
+    config: dict,
+    version: int | None = None,
+    progress: bool = True,
+    dask: str | None | bool = False,
+) -> dict:
+    """Informative dimensions, label mutual information (model and PCA), anomaly scores.
+
+    With ``dask`` (None: a LocalCluster; an address: that scheduler's cluster) the MI estimates, one task
+    per label for the model and for PCA, run on the workers, with the same random draws and results.
+    """
+    if dask is False:
+        return _analyse(archive, config, version, progress)
+    from service.cluster import cluster_client
+
+    with cluster_client(dask if isinstance(dask, str) else None) as client:
+        return _analyse(archive, config, version, progress, client)
+
+
+def _analyse(archive: Archive, config: dict, version: int | None, progress: bool, client=None) -> dict:
     section = config["analysis"]
     version = archive.model(version)["model_version"]
     directory = archive.model_dir(version)
@@ -480,8 +499,17 @@ def analyse(archive: Archive, config: dict, version: int | None = None, progress
     flux, good, *_ = prepare_many(read_rows(sample_rows), latent_model.grid, latent_model.matching)
     pca_scores, _ = analysis.pca_baseline(flux, latent_model.latent_dim, mask=~good)
     mi_args = {"n_neighbors": section["mi_neighbors"], "n_bootstrap": section["mi_subsamples"]}
-    model_mi = analysis.mutual_information(mean[sample], labels, **mi_args)
-    pca_mi = {(r["dim"], r["label"]): r for r in analysis.mutual_information(pca_scores, labels, **mi_args)}
+    if client is None:
+        model_mi = analysis.mutual_information(mean[sample], labels, **mi_args)
+        pca_rows = analysis.mutual_information(pca_scores, labels, **mi_args)
+    else:
+        from service.cluster import information_on_cluster
+
+        model_mi, pca_rows = (
+            information_on_cluster(client, latents, labels, **mi_args)
+            for latents in (mean[sample], pca_scores)
+        )
+    pca_mi = {(r["dim"], r["label"]): r for r in pca_rows}
     correlations = []
     for row in model_mi:
         pca = pca_mi.get((row["dim"], row["label"]), {})

@@ -128,3 +128,31 @@ def test_ingest_with_dask_stores_the_rows_one_process_stores(tmp_path, cluster, 
         archive.close()
     assert found[0] == found[1]
     assert found[0][0] == 220 and found[0][2] == [str(broken)]
+
+
+def test_analyse_with_dask_stores_the_same_figures(tmp_path, live_server, cluster):
+    """MI estimates on the workers, one task per label: the stored correlations and scores are those of
+    one process, to the last bit."""
+    import shutil
+
+    root = tmp_path / "archive"
+    shutil.copytree(live_server.config["archive"]["root"], root)
+    archive = Archive(root)
+    version = archive.current_model()["model_version"]
+    query = "SELECT * FROM ml_label_correlation WHERE model_version = ? ORDER BY dim, label"
+    before = [tuple(r) for r in archive.db.all(query, (version,))]
+    scores = [
+        tuple(r) for r in archive.db.all("SELECT lof_score, anomaly_score FROM ml_latent ORDER BY row_index")
+    ]
+    archive.db.execute("DELETE FROM ml_label_correlation")
+    summary = pipeline.analyse(
+        archive, live_server.config, version, progress=False, dask=cluster.scheduler.address
+    )
+    assert [tuple(r) for r in archive.db.all(query, (version,))] == before
+    assert [
+        tuple(r) for r in archive.db.all("SELECT lof_score, anomaly_score FROM ml_latent ORDER BY row_index")
+    ] == scores
+    assert summary["informative_dims"] == [
+        int(d) for d in archive.current_model()["informative_dims"].split()
+    ]
+    archive.close()
