@@ -5,8 +5,13 @@ FITS table, then runs the ordinary pipeline stages on it and reports spectra per
 each, the index's recall and query latency, exact-search latency, and peak memory.
 Training is on a sample (``--train-spectra``), as an operator of a large archive would do.
 
-Usage: python bench/pipeline.py [--n 100000] [--pixels 3000] [--work DIR] [--out bench/results]
-Writes bench/results/pipeline.json and pipeline.md.
+``--files K`` writes the spectra as K tables (a Dask ingest reads one file per task);
+``--dask [SCHEDULER]`` runs ingest, encode and analyse on Dask (a LocalCluster without an address);
+``--database URL`` keeps the archive database on PostgreSQL.
+
+Usage: python bench/pipeline.py [--n 100000] [--pixels 3000] [--files 1] [--dask [SCHEDULER]]
+       [--database URL] [--work DIR] [--out bench/results] [--name pipeline]
+Writes bench/results/<name>.json and <name>.md.
 """
 
 from __future__ import annotations
@@ -56,14 +61,29 @@ def main() -> None:
     parser.add_argument("--work", default=REPO / "var" / "bench-pipeline")
     parser.add_argument("--out", default=REPO / "bench" / "results")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic table and archive")
+    parser.add_argument("--files", type=int, default=1, help="spectra written as this many tables")
+    parser.add_argument(
+        "--dask", nargs="?", const="", metavar="SCHEDULER", help="ingest, encode, analyse on Dask"
+    )
+    parser.add_argument("--database", help="[archive] database (default: SQLite under the work directory)")
+    parser.add_argument("--name", default="pipeline", help="stem of the result files")
     args = parser.parse_args()
 
     work, out = Path(args.work), Path(args.out)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     out.mkdir(parents=True, exist_ok=True)
-    table = work / "synthetic.fits"
-    result: dict = {"n_spectra": args.n, "n_pixels_input": args.pixels, "stages": {}}
+    tables = [work / f"synthetic-{i:03d}.fits" for i in range(args.files)]
+    dask = False if args.dask is None else (args.dask or None)
+    result: dict = {
+        "n_spectra": args.n,
+        "n_pixels_input": args.pixels,
+        "files": args.files,
+        "dask": "no" if dask is False else (dask or "LocalCluster"),
+        "database": "postgresql" if args.database else "sqlite",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "stages": {},
+    }
 
     def stage(name: str, run, count: int | None = None):
         t0 = time.perf_counter()
@@ -77,21 +97,27 @@ def main() -> None:
         print(f"{name}: {seconds:.1f} s, {(count or args.n) / seconds:.0f} spectra/s", flush=True)
         return value
 
-    stage(
-        "generate",
-        lambda: write_fits_table(table, args.n, seed=0, config=SyntheticConfig(n_pixels=args.pixels)),
-    )
-    result["table_mb"] = round(table.stat().st_size / 2**20)
+    sizes = [args.n // args.files + (i < args.n % args.files) for i in range(args.files)]
+
+    def generate() -> None:
+        for i, (table, size) in enumerate(zip(tables, sizes, strict=True)):
+            write_fits_table(table, size, seed=i, config=SyntheticConfig(n_pixels=args.pixels))
+
+    stage("generate", generate)
+    result["table_mb"] = round(sum(t.stat().st_size for t in tables) / 2**20)
+    storage = {"database": args.database} if args.database else {}
     config = load_config(
         environ={},
         overrides={
-            "archive": {"root": str(work / "archive")},
+            "archive": {"root": str(work / "archive"), **storage},
             "grid": {"n_pixels": 1024},
             "model": {"epochs": args.epochs, "max_train_spectra": args.train_spectra, "latent_dim": 16},
         },
     )
     archive = Archive.from_config(config)
-    summary = stage("ingest", lambda: pipeline.ingest(archive, [table], collection="synth", progress=False))
+    summary = stage(
+        "ingest", lambda: pipeline.ingest(archive, tables, collection="synth", progress=False, dask=dask)
+    )
     assert summary.added == args.n, summary
     if archive.db.dialect == "sqlite":
         result["database_mb"] = round(archive.db.path.stat().st_size / 2**20)
@@ -102,8 +128,8 @@ def main() -> None:
     version = stage(
         "train", lambda: pipeline.train_model(archive, config, progress=False), args.train_spectra
     )
-    stage("encode", lambda: pipeline.encode(archive, version, progress=False))
-    stage("analyse", lambda: pipeline.analyse(archive, config, version, progress=False))
+    stage("encode", lambda: pipeline.encode(archive, version, progress=False, dask=dask))
+    stage("analyse", lambda: pipeline.analyse(archive, config, version, progress=False, dask=dask))
     index = stage("index", lambda: pipeline.build_index(archive, config, version, progress=False))
     result["index"] = index
 
@@ -121,8 +147,8 @@ def main() -> None:
         ),
     }
     result["peak_rss_mb"] = round(peak_rss_mb())
-    (out / "pipeline.json").write_text(json.dumps(result, indent=2))
-    (out / "pipeline.md").write_text(markdown(result))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
@@ -131,6 +157,9 @@ def main() -> None:
 def markdown(r: dict) -> str:
     lines = [
         f"# Pipeline throughput: {r['n_spectra']} synthetic spectra × {r['n_pixels_input']} pixels",
+        "",
+        f"Run {r.get('when', '?')}: {r.get('files', 1)} file(s), Dask {r.get('dask', 'no')}, "
+        f"archive database on {r.get('database', 'sqlite')}.",
         "",
         f"table {r['table_mb']} MB, archive database {r['database_mb']} MB, peak RSS {r['peak_rss_mb']} MB",
         "",

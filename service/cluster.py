@@ -41,6 +41,9 @@ def cluster_client(address: str | None = None, workers: int | None = None) -> It
         with Client(address) as client:
             yield client
         return
+    # The nannies set their workers' environment (OMP_NUM_THREADS=1, …) in this process's own and
+    # leave it there: every process this one starts afterwards would run single-threaded.
+    environment = dict(os.environ)
     cluster = LocalCluster(
         n_workers=workers or os.cpu_count() or 1,
         threads_per_worker=1,
@@ -52,6 +55,8 @@ def cluster_client(address: str | None = None, workers: int | None = None) -> It
             yield client
     finally:
         cluster.close()
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 def partitions(n: int, batch_size: int, batches: int = BATCHES_PER_PARTITION) -> list[range]:
