@@ -101,7 +101,10 @@ def main() -> None:
 
     def generate() -> None:
         for i, (table, size) in enumerate(zip(tables, sizes, strict=True)):
-            write_fits_table(table, size, seed=i, config=SyntheticConfig(n_pixels=args.pixels))
+            first = sum(sizes[:i])
+            write_fits_table(
+                table, size, seed=i, config=SyntheticConfig(n_pixels=args.pixels), first_id=first
+            )
 
     stage("generate", generate)
     result["table_mb"] = round(sum(t.stat().st_size for t in tables) / 2**20)

@@ -624,8 +624,10 @@ def write_fits_table(
     seed: int = 0,
     config: SyntheticConfig | None = None,
     batch_size: int = 2048,
+    first_id: int = 0,
 ) -> None:
-    """Write ``n`` synthetic spectra to one FITS file in the MILES table layout, streaming.
+    """Write ``n`` synthetic spectra to one FITS file in the MILES table layout, streaming; their
+    identifiers count from ``first_id`` (so that several files of one archive do not share any).
 
     HDU 1 ``SPECTRA``: ``obsid``, the labels, ``ra``, ``dec``, ``flux`` and ``ivar`` (float32
     arrays); HDU 2 ``WAVELENGTH``: ``wavelength`` (Å, vacuum). Rows are written a batch at a
@@ -635,7 +637,7 @@ def write_fits_table(
     config = config or SyntheticConfig()
     wave = wavelength_grid(config)
     npix = wave.size
-    id_width = len(obsid(max(n - 1, 0)))
+    id_width = len(obsid(first_id + max(n - 1, 0)))
     columns = [fits.Column("obsid", f"{id_width}A")]
     columns += [fits.Column(name, "D", unit=_fits_unit(LABEL_UNITS[name])) for name in LABEL_NAMES]
     columns += [fits.Column("ra", "D", unit="deg"), fits.Column("dec", "D", unit="deg")]
@@ -660,7 +662,7 @@ def write_fits_table(
         start = 0
         for _, flux, ivar, labels in generate(n, seed, config, batch_size):
             block = np.zeros(flux.shape[0], dtype=dtype)
-            block["obsid"] = [obsid(i) for i in range(start, start + flux.shape[0])]
+            block["obsid"] = [obsid(first_id + i) for i in range(start, start + flux.shape[0])]
             for name in LABEL_NAMES:
                 block[name] = labels[name]
             block["ra"], block["dec"] = ra[start : start + flux.shape[0]], dec[start : start + flux.shape[0]]

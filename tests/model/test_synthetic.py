@@ -249,6 +249,15 @@ def test_fits_table_round_trip_in_batches(tmp_path):
     assert len(spec) == 3000 and spec["teff"].unit == "K" and spec["flux"].shape == (3000, 500)
 
 
+def test_fits_tables_of_one_archive_number_their_spectra_on(tmp_path):
+    """Files written with ``first_id`` hold identifiers no other file of the run holds."""
+    config = SyntheticConfig(n_pixels=200)
+    write_fits_table(tmp_path / "a.fits", 5, seed=1, config=config, first_id=0)
+    write_fits_table(tmp_path / "b.fits", 5, seed=2, config=config, first_id=5)
+    ids = [list(fits.getdata(tmp_path / f"{name}.fits", "SPECTRA")["obsid"]) for name in "ab"]
+    assert ids[0] + ids[1] == [f"synth-{i:08d}" for i in range(10)]
+
+
 def test_fits_table_memory_does_not_grow_with_rows(tmp_path):
     config = SyntheticConfig(n_pixels=500)
 
