@@ -15,7 +15,7 @@ from typing import NoReturn
 from service import __version__, pipeline
 from service.archive import Archive
 from service.config import ConfigError, load_config
-from service.storage import DatabaseError
+from service.storage import DatabaseError, close_connections
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "resources" / "demo"
 
@@ -178,6 +178,7 @@ def serve(config: dict, args: argparse.Namespace) -> int:
 
     base = config["service"]["base_url"]
     Archive.from_config(config).close()  # records the public base URL that access_url is built from
+    close_connections()  # gunicorn forks its workers from this process: no pooled connection may go with them
     print(f"serving {config['archive']['root']} at {base}/ :")
     for name, path in (("TAP", "/tap"), ("SSAP", "/ssa/query"), ("DataLink", "/datalink/links?ID=…")):
         print(f"  {name:8} {base}{path}")

@@ -15,6 +15,7 @@ distance) exist on both engines: registered in Python on SQLite, created in SQL 
 from __future__ import annotations
 
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -113,6 +114,13 @@ class Database(ABC):
     def scalar(self, sql: str, args: Sequence[Any] = ()) -> Any:
         row = self.one(sql, args)
         return None if row is None else row[0]
+
+
+def close_connections() -> None:
+    """Close every pooled server connection of this process (before a fork: a child must not share them)."""
+    postgres = sys.modules.get("service.storage.postgres")
+    if postgres is not None:
+        postgres.close_pools()
 
 
 def is_server_url(location: str) -> bool:
