@@ -37,6 +37,7 @@ setup(
         "gunicorn>=22",
         "psycopg[binary]>=3.1",
         "psycopg-pool>=3.2",
+        "dask[distributed]>=2024.1",
         "matplotlib>=3.8",
     ],
     extras_require={
