@@ -44,9 +44,20 @@ chromium:
 	$(call debian_tool,chromium,the explorer's browser tests,or set LATENTVO_CHROMIUM to a Chromium or Chrome executable,[ -n "$$LATENTVO_CHROMIUM" ] ||)
 
 # The storage tests run every stage and endpoint on a PostgreSQL server of their own (tests/postgres.py
-# starts one in a temporary directory): they need the server programs, not a running service.
+# starts one in a temporary directory): they need the server programs, not a running service, and
+# q3c (Debian's postgresql-<major>-q3c), the sky index that cone searches use there.
 postgresql:
 	$(call debian_tool,postgresql,the archive tests on PostgreSQL,or set LATENTVO_POSTGRES_BIN to the directory holding initdb and pg_ctl,[ -n "$$LATENTVO_POSTGRES_BIN" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||)
+	@[ -n "$$LATENTVO_POSTGRES_BIN" ] || ls /usr/share/postgresql/*/extension/q3c.control >/dev/null 2>&1 || { \
+	  major=$$(ls /usr/lib/postgresql | sort -n | tail -1); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing q3c (apt-get install postgresql-$$major-q3c) for the cone searches on PostgreSQL"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-$$major-q3c >/dev/null; \
+	  else \
+	    echo "make test needs q3c for the cone searches on PostgreSQL." >&2; \
+	    echo "Install it with 'sudo apt-get install postgresql-$$major-q3c' (Debian and Ubuntu); then run make test again." >&2; \
+	    exit 1; \
+	  fi; }
 
 test: install stilts chromium postgresql
 	$(BIN)/python -m pytest -q tests

@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +53,32 @@ class DatabaseError(Exception):
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class QueryStopped(DatabaseError):
+    """A query stopped before its end: its time ran out (``timed_out``), or its caller interrupted it."""
+
+    def __init__(self, timed_out: bool) -> None:
+        super().__init__("the query ran out of time" if timed_out else "the query was interrupted")
+        self.timed_out = timed_out
+
+
+class QuerySession(ABC):
+    """One read-only query run for a client (a TAP request or job): the temporary tables it brings
+    along, then the query itself, under a time limit. Nothing it runs can change the archive:
+    SQLite's connection is read-only (temporary tables live in its separate TEMP database);
+    PostgreSQL's transaction turns read-only once the temporary tables are filled, and it is rolled
+    back at the end, taking them with it."""
+
+    @abstractmethod
+    def temp_table(self, name: str, columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> str:
+        """Create temporary table ``name`` (columns: name and "double", "integer" or "text") holding
+        ``rows``; the SQL name to query it by."""
+
+    @abstractmethod
+    def run(self, sql: str, limit: int) -> tuple[list[tuple], bool]:
+        """At most ``limit`` rows of a query, and whether it had more. Raises QueryStopped when the
+        time limit passes or the interrupt asks, DatabaseError when the engine refuses the query."""
 
 
 class Database(ABC):
@@ -96,6 +123,20 @@ class Database(ABC):
     @abstractmethod
     def add_columns(self, table: str, names: Sequence[str], kind: str = "double") -> None:
         """Add the columns a table lacks (``kind``: "double", "integer" or "text")."""
+
+    #: Extensions the SQL may use beyond the engine's own (PostgreSQL: ``q3c`` where installed).
+    extensions: frozenset[str] = frozenset()
+
+    @abstractmethod
+    def query_session(
+        self,
+        timeout: float | None,
+        interrupt: Callable[[], bool] | None = None,
+        prepare: Callable[[Any], None] | None = None,
+    ) -> AbstractContextManager[QuerySession]:
+        """A :class:`QuerySession` on this connection: stopped after ``timeout`` seconds of running or as
+        soon as ``interrupt()`` is true. ``prepare`` gets the SQLite connection first, to register the
+        functions the query calls (PostgreSQL has them in the schema)."""
 
     @abstractmethod
     def end_request(self) -> None:

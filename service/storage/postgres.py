@@ -12,10 +12,12 @@ it is created under an advisory lock, so processes starting together do not race
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -24,7 +26,16 @@ import psycopg
 from psycopg.types.numeric import FloatLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from service.storage import Database, DatabaseError, schema_script
+from service.storage import (
+    SCHEMA_FILE,
+    Database,
+    DatabaseError,
+    QuerySession,
+    QueryStopped,
+    schema_script,
+)
+
+log = logging.getLogger(__name__)
 
 #: Connections a process's pool may open for one URL: one per server thread, and the pipeline's few.
 POOL_SIZE = 16
@@ -46,7 +57,14 @@ CREATE OR REPLACE FUNCTION latentvo_sep(
         + cos(radians(dec1)) * cos(radians(dec2)) * power(sin(radians(ra2 - ra1) / 2), 2)))))
 $$;
 """
+#: The ADQL function library (math, geometry), the PostgreSQL twin of what SQLite gets in Python.
+ADQL_FUNCTIONS = SCHEMA_FILE.parent / "postgres" / "adql_functions.sql"
+#: q3c's index on the sky positions, so a cone over 10^7 spectra reads a few index pages.
+_SKY_INDEX = "CREATE INDEX IF NOT EXISTS spectrum_q3c ON spectrum (q3c_ang2ipix(s_ra, s_dec))"
+#: Seconds between two looks at a client query's interrupt.
+_INTERRUPT_POLL = 0.2
 _pools: dict[tuple[int, str, bool], ConnectionPool] = {}
+_extensions: dict[str, frozenset[str]] = {}
 _pools_lock = threading.Lock()
 
 
@@ -171,16 +189,39 @@ class PostgresDatabase(Database):
             raise DatabaseError(
                 "no connection to the archive's PostgreSQL server is free", transient=True
             ) from exc
-        if not readonly:
-            try:
+        try:
+            if not readonly:
                 with self.connection.transaction():
                     self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                     if schema == "archive":
                         self.connection.execute(_FUNCTIONS)
+                        self.connection.execute(ADQL_FUNCTIONS.read_text())
                     self.connection.execute(schema_script(self.dialect, jobs_only=schema == "jobs"))
-            except psycopg.Error as exc:
-                self.close()
-                raise _error(exc) from exc
+                    if schema == "archive":
+                        self._sky_index()
+                _extensions.pop(url, None)
+            self.extensions = self._installed_extensions()
+        except psycopg.Error as exc:
+            self.close()
+            raise _error(exc) from exc
+
+    def _sky_index(self) -> None:
+        """q3c and its index where the server has it (CREATE EXTENSION needs a superuser or a database
+        where the administrator has created it; without it cones use the (s_dec, s_ra) index)."""
+        try:
+            with self.connection.transaction():  # a savepoint: a refusal keeps the outer transaction
+                self.connection.execute("CREATE EXTENSION IF NOT EXISTS q3c")
+        except psycopg.Error as exc:
+            log.info("q3c is not available (%s): cone searches use the (s_dec, s_ra) index", _error(exc))
+            return
+        self.connection.execute(_SKY_INDEX)
+
+    def _installed_extensions(self) -> frozenset[str]:
+        found = _extensions.get(self.url)
+        if found is None:
+            rows = self.connection.execute("SELECT extname FROM pg_extension").fetchall()
+            found = _extensions[self.url] = frozenset(row[0] for row in rows)
+        return found
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor:
         try:
@@ -249,6 +290,30 @@ class PostgresDatabase(Database):
                 )
                 self.connection.execute(f"ALTER TABLE {table} {additions}")
 
+    @contextmanager
+    def query_session(
+        self,
+        timeout: float | None,
+        interrupt: Callable[[], bool] | None = None,
+        prepare: Callable[[Any], None] | None = None,
+    ) -> Iterator[QuerySession]:
+        """One transaction: READ WRITE for the temporary tables (even on a read-only session), READ ONLY
+        from the query on, rolled back at the end."""
+        connection = self.connection
+        try:
+            if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                connection.rollback()
+            connection.execute("BEGIN READ WRITE")
+        except psycopg.Error as exc:
+            raise _error(exc) from exc
+        try:
+            yield _PostgresQuery(connection, timeout, interrupt)
+        finally:
+            try:
+                connection.rollback()
+            except psycopg.Error as exc:
+                raise _error(exc) from exc
+
     def end_request(self) -> None:
         try:
             if self.connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -262,3 +327,80 @@ class PostgresDatabase(Database):
         connection, self.connection = self.connection, None
         if connection is not None:
             self._pool.putconn(connection)
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class _PostgresQuery(QuerySession):
+    """A client query inside :meth:`PostgresDatabase.query_session`'s transaction: ``statement_timeout``
+    bounds it; a watcher thread cancels it on the server when the interrupt asks."""
+
+    def __init__(
+        self, connection: psycopg.Connection, timeout: float | None, interrupt: Callable[[], bool] | None
+    ) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self.interrupt = interrupt
+        self.read_only = False
+
+    def temp_table(self, name: str, columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> str:
+        if self.read_only:
+            raise RuntimeError("temporary tables come before the query")
+        definition = ", ".join(f"{_quote(column)} {_TYPES[kind]}" for column, kind in columns)
+        names = ", ".join(_quote(column) for column, _ in columns)
+        try:
+            self.connection.execute(f"DROP TABLE IF EXISTS pg_temp.{_quote(name)}")
+            self.connection.execute(f"CREATE TEMP TABLE {_quote(name)} ({definition}) ON COMMIT DROP")
+            with (
+                self.connection.cursor() as cursor,
+                cursor.copy(f"COPY pg_temp.{_quote(name)} ({names}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            # Queries look rows up by the first column (an upload's key, a distance table's DID).
+            self.connection.execute(f"CREATE INDEX ON pg_temp.{_quote(name)} ({_quote(columns[0][0])})")
+            self.connection.execute(f"ANALYZE pg_temp.{_quote(name)}")
+        except psycopg.Error as exc:
+            raise _error(exc) from exc
+        return f"pg_temp.{name}"
+
+    def run(self, sql: str, limit: int) -> tuple[list[tuple], bool]:
+        connection = self.connection
+        cancelled = threading.Event()
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(_INTERRUPT_POLL):
+                if self.interrupt():
+                    cancelled.set()
+                    connection.cancel_safe()
+                    return
+
+        try:
+            if not self.read_only:
+                connection.execute("SET TRANSACTION READ ONLY")
+                self.read_only = True
+            milliseconds = max(1, int(self.timeout * 1000)) if self.timeout else 0
+            connection.execute(f"SET LOCAL statement_timeout = {milliseconds}")
+        except psycopg.Error as exc:
+            raise _error(exc) from exc
+        watcher = threading.Thread(target=watch, daemon=True) if self.interrupt is not None else None
+        if watcher is not None:
+            watcher.start()
+        started = time.monotonic()
+        try:
+            cursor = connection.execute(sql)
+            rows = cursor.fetchmany(limit + 1)
+            cursor.close()
+        except psycopg.errors.QueryCanceled:
+            raise QueryStopped(timed_out=not cancelled.is_set()) from None
+        except psycopg.Error as exc:
+            raise _error(exc) from exc
+        finally:
+            done.set()
+            if watcher is not None:
+                watcher.join()
+        log.debug("client query ran %.3f s", time.monotonic() - started)
+        return [tuple(r) for r in rows[:limit]], len(rows) > limit

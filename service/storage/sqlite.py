@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.storage import Database, DatabaseError, schema_script
+from service.storage import Database, DatabaseError, QuerySession, QueryStopped, schema_script
 
 _TYPES = {"double": "REAL", "integer": "INTEGER", "text": "TEXT"}
 #: Seconds a writer waits for another writer's lock before giving up.
 BUSY_TIMEOUT = 10.0
+#: SQLite virtual-machine steps between two looks at the clock while a client's query runs.
+PROGRESS_STEPS = 10_000
 
 
 def great_circle_degrees(ra1: float | None, dec1: float | None, ra2: float, dec2: float) -> float | None:
@@ -116,6 +119,17 @@ class SQLiteDatabase(Database):
                 if name.lower() not in have:
                     self.connection.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {self.types[kind]}')
 
+    @contextmanager
+    def query_session(
+        self,
+        timeout: float | None,
+        interrupt: Callable[[], bool] | None = None,
+        prepare: Callable[[Any], None] | None = None,
+    ) -> Iterator[QuerySession]:
+        if prepare is not None:
+            prepare(self.connection)
+        yield _SQLiteQuery(self.connection, timeout, interrupt)
+
     def end_request(self) -> None:
         try:
             if self.connection.in_transaction:
@@ -135,3 +149,59 @@ class SQLiteDatabase(Database):
 def _error(exc: sqlite3.Error) -> DatabaseError:
     message = str(exc)
     return DatabaseError(message, transient="locked" in message or "busy" in message)
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class _SQLiteQuery(QuerySession):
+    """A query on the read-only connection; a progress handler looks at the clock and the interrupt."""
+
+    def __init__(
+        self, connection: sqlite3.Connection, timeout: float | None, interrupt: Callable[[], bool] | None
+    ) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self.interrupt = interrupt
+
+    def temp_table(self, name: str, columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> str:
+        definition = ", ".join(f"{_quote(column)} {_TYPES[kind]}" for column, kind in columns)
+        marks = ", ".join("?" * len(columns))
+        conn = self.connection
+        conn.execute("BEGIN")  # one transaction for all rows (the connection is in autocommit)
+        try:
+            conn.execute(f"DROP TABLE IF EXISTS temp.{_quote(name)}")
+            conn.execute(f"CREATE TEMP TABLE {_quote(name)} ({definition})")
+            conn.executemany(f"INSERT INTO temp.{_quote(name)} VALUES ({marks})", rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return f"temp.{name}"
+
+    def run(self, sql: str, limit: int) -> tuple[list[tuple], bool]:
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        asked = self.interrupt
+        stopped: list[bool] = []  # what stopped it: True for the clock, False for the interrupt
+
+        def progress() -> int:
+            if deadline is not None and time.monotonic() > deadline:
+                stopped.append(True)
+            elif asked is not None and asked():
+                stopped.append(False)
+            return int(bool(stopped))
+
+        if deadline is not None or asked is not None:
+            self.connection.set_progress_handler(progress, PROGRESS_STEPS)
+        try:
+            cursor = self.connection.execute(sql)
+            rows = cursor.fetchmany(limit + 1)
+            cursor.close()
+        except sqlite3.Error as exc:  # OperationalError mostly; DataError for values SQLite cannot hold
+            if stopped and str(exc) == "interrupted":
+                raise QueryStopped(timed_out=stopped[0]) from None
+            raise DatabaseError(str(exc)) from exc
+        finally:
+            self.connection.set_progress_handler(None, 0)
+        return [tuple(r) for r in rows[:limit]], len(rows) > limit

@@ -1,12 +1,16 @@
-"""ADQL 2.1 → SQLite: parse with sqlglot (an ADQL dialect), check against the table metadata, translate.
+"""ADQL 2.1 → SQLite or PostgreSQL: parse with sqlglot (an ADQL dialect), check against the table
+metadata, translate.
 
 The query is parsed into a syntax tree, never edited as text. Every table and column is
 looked up in the :class:`~service.tables.TableSet` (what TAP_SCHEMA publishes; extra tables
 such as ``TAP_UPLOAD.t1`` can be added to it), every function in a fixed list, every piece of
 syntax in a fixed set of node types; anything else is an :class:`ADQLError` naming it. The
 tree is then rebuilt for SQLite: tables get internal aliases, columns are qualified, ``*``
-is expanded, geometry and math functions become Python functions registered on the
-connection (:func:`register_functions`), and TOP/MAXREC become one LIMIT (TAP-05).
+is expanded, geometry and math functions become calls of the ``adql_*`` function library, and
+TOP/MAXREC become one LIMIT (TAP-05). On SQLite that library is Python registered on the connection
+(:func:`register_functions`); on PostgreSQL it is SQL created with the archive's schema
+(``resources/postgres/adql_functions.sql``), and a cone on a table with q3c's index is answered
+through that index. The :class:`Engine` says which.
 
 Output columns carry their metadata: a plain column reference copies its TAP_SCHEMA entry
 (TAP-04), an expression gets a datatype worked out from its parts (geometry as DALI xtypes).
@@ -154,12 +158,40 @@ class OutputColumn:
         )
 
 
+@dataclass(frozen=True)
+class Engine:
+    """What a translation is for: the SQL dialect (sqlglot's name) and whether q3c indexes the sky."""
+
+    dialect: str = "sqlite"
+    q3c: bool = False
+
+    @property
+    def postgres(self) -> bool:
+        return self.dialect == "postgres"
+
+
+SQLITE = Engine()
+
+
+@dataclass(frozen=True)
+class DistanceTable:
+    """``ml_distance(did, ref, dims)`` with literal reference and dims, on PostgreSQL: the distances of
+    every encoded spectrum from the reference, a temporary table (``did``, ``distance``) the query
+    reads. The caller fills it (:meth:`SimilarityHooks.distances`) before the query runs."""
+
+    name: str
+    ref_did: str
+    dims: tuple[int, ...] | None
+
+
 @dataclass
 class Translation:
     sql: str
     columns: list[OutputColumn]
     #: Rows to return; the SQL fetches one more when MAXREC (not TOP) limits, so overflow shows.
     limit: int
+    #: The distance tables the SQL reads (PostgreSQL only).
+    distances: list[DistanceTable] = field(default_factory=list)
 
 
 class SimilarityHooks(Protocol):
@@ -171,14 +203,22 @@ class SimilarityHooks(Protocol):
     def distance(self, did: str, ref_did: str, dims: Sequence[int] | None) -> float | None:
         """Latent distance between two archive spectra; None if either is unknown."""
 
+    def distances(self, ref_did: str, dims: Sequence[int] | None) -> tuple[list[str], list[float]]:
+        """Every encoded spectrum's DID and its latent distance from ``ref_did`` (equal to
+        :meth:`distance`, bit for bit); empty when the reference is unknown."""
+
 
 # -- translation --------------------------------------------------------------------------------
 
 
 def translate(
-    adql: str, tables: TableSet, maxrec: int, similarity: SimilarityHooks | None = None
+    adql: str,
+    tables: TableSet,
+    maxrec: int,
+    similarity: SimilarityHooks | None = None,
+    engine: Engine = SQLITE,
 ) -> Translation:
-    """SQLite SQL for an ADQL query, its output columns, and the number of rows to return.
+    """SQL for an ADQL query on ``engine``, its output columns, and the number of rows to return.
 
     Every failure is an :class:`ADQLError` (or another DALI error from a function hook): a query is
     client input, so nothing in it may turn into a server error.
@@ -186,13 +226,13 @@ def translate(
     try:
         with _recursion_headroom():
             root = parse(adql)
-            translator = _Translator(tables, similarity)
+            translator = _Translator(tables, similarity, engine)
             top = _top(root)
             sql_node, outputs = translator.query(root, None, {})
             limit = maxrec if top is None else min(top, maxrec)
             fetch = top if top is not None and top <= maxrec else maxrec + 1
             sql_node.set("limit", exp.Limit(expression=exp.Literal.number(fetch)))
-            sql = sql_node.sql(dialect="sqlite")
+            sql = sql_node.sql(dialect=engine.dialect)
     except DALIError:
         raise
     except RecursionError:
@@ -203,7 +243,7 @@ def translate(
     except Exception:  # a construct the translator does not expect: the client's query, not our state
         log.warning("ADQL translation failed on %r", adql[:200], exc_info=True)
         raise ADQLError("the query uses a construct this service cannot translate; simplify it") from None
-    return Translation(sql, [OutputColumn.of(n, k) for n, k in outputs], limit)
+    return Translation(sql, [OutputColumn.of(n, k) for n, k in outputs], limit, translator.distances)
 
 
 def tokenize(adql: str) -> list[tokens.Token]:
@@ -383,6 +423,9 @@ class _Scope:
     ctes: dict[str, _Cte]
     sources: list[_Source] = field(default_factory=list)
     shared: set[str] = field(default_factory=set)  # lower-case NATURAL/USING column names
+    #: Select-list items by output name: what an alias in HAVING stands for (PostgreSQL has no
+    #: output names there).
+    items: dict[str, exp.Expression] = field(default_factory=dict)
 
 
 def _same(ident: exp.Identifier, name: str, quoted: bool = False) -> bool:
@@ -488,12 +531,13 @@ _GEOMETRY_FUNCTIONS: dict[str, tuple[set[int] | None, str]] = {
     "CENTROID": ({1}, "point"),
 }
 _HAS_COORDSYS = {"POINT", "CIRCLE", "BOX", "POLYGON"}
+#: CAST targets: ADQL type → (SQLite type, PostgreSQL type, result).
 _CAST_TYPES = {
-    exp.DataType.Type.SMALLINT: ("INTEGER", _Kind("short")),
-    exp.DataType.Type.INT: ("INTEGER", _INT),
-    exp.DataType.Type.BIGINT: ("INTEGER", _LONG),
-    exp.DataType.Type.FLOAT: ("REAL", _Kind("float")),
-    exp.DataType.Type.DOUBLE: ("REAL", _DOUBLE),
+    exp.DataType.Type.SMALLINT: ("INTEGER", "SMALLINT", _Kind("short")),
+    exp.DataType.Type.INT: ("INTEGER", "INTEGER", _INT),
+    exp.DataType.Type.BIGINT: ("INTEGER", "BIGINT", _LONG),
+    exp.DataType.Type.FLOAT: ("REAL", "REAL", _Kind("float")),
+    exp.DataType.Type.DOUBLE: ("REAL", "DOUBLE PRECISION", _DOUBLE),
 }
 #: Syntax nodes rebuilt as they are, once their children are translated.
 _PLAIN = (
@@ -517,10 +561,20 @@ _SIMILARITY_MAX_K = 100_000
 
 
 class _Translator:
-    def __init__(self, tables: TableSet, similarity: SimilarityHooks | None) -> None:
+    def __init__(self, tables: TableSet, similarity: SimilarityHooks | None, engine: Engine) -> None:
         self.tables = tables
         self.similarity = similarity
+        self.engine = engine
         self.counter = 0
+        self.distances: list[DistanceTable] = []
+
+    def _unbounded(self) -> exp.Limit | None:
+        """The LIMIT an OFFSET needs: SQLite takes none without one (-1: no bound); PostgreSQL needs none."""
+        return None if self.engine.postgres else exp.Limit(expression=exp.Literal.number(-1))
+
+    def _text(self, node: exp.Expression) -> exp.Expression:
+        """An operand of a string function: PostgreSQL converts no number to text by itself."""
+        return exp.Cast(this=node, to=exp.DataType.build("TEXT")) if self.engine.postgres else node
 
     def _alias(self) -> str:
         self.counter += 1
@@ -605,7 +659,7 @@ class _Translator:
         if node.args.get("offset"):
             offset = _count(node.args["offset"].expression, "OFFSET")
             new.set("offset", exp.Offset(expression=exp.Literal.number(offset)))
-            new.set("limit", exp.Limit(expression=exp.Literal.number(-1)))  # SQLite wants a LIMIT with it
+            new.set("limit", self._unbounded())
         if node.args.get("limit"):
             raise ADQLError("LIMIT is not ADQL; use SELECT TOP n")
         return new, outputs
@@ -658,6 +712,7 @@ class _Translator:
 
         items, outputs = self._items(node.expressions, scope)
         new.set("expressions", items)
+        scope.items = {item.alias: item.this for item in items}
         if node.args.get("where"):
             condition = node.args["where"].this
             translated, _ = self.expr(condition, scope)
@@ -682,7 +737,7 @@ class _Translator:
             offset = _count(node.args["offset"].expression, "OFFSET")
             new.set("offset", exp.Offset(expression=exp.Literal.number(offset)))
             if new.args.get("limit") is None:
-                new.set("limit", exp.Limit(expression=exp.Literal.number(-1)))
+                new.set("limit", self._unbounded())
         return new, outputs
 
     def _items(
@@ -879,7 +934,10 @@ class _Translator:
         if not qualifier and outputs is not None:
             alias = _output_ref(node, outputs)
             if alias is not None:
-                return alias, next(k for n, k in outputs if n == alias.name)
+                kind = next(k for n, k in outputs if n == alias.name)
+                if self.engine.postgres and alias.name in scope.items:
+                    return _paren(scope.items[alias.name].copy()), kind
+                return alias, kind
         if qualifier and not qualifier_seen:
             raise ADQLError(f"unknown table or alias {'.'.join(q.name for q in qualifier)!r} in {node.sql()}")
         where = f" in {'.'.join(q.name for q in qualifier)}" if qualifier else ""
@@ -919,11 +977,12 @@ class _Translator:
             unit = lk.unit if isinstance(node, exp.Add | exp.Sub) and lk.unit == rk.unit else None
             return new, replace(_numeric(lk, rk), unit=unit)
         if isinstance(node, exp.DPipe):
-            return exp.DPipe(this=sub(node.this)[0], expression=sub(node.expression)[0], safe=True), _TEXT
+            left, right = self._text(sub(node.this)[0]), self._text(sub(node.expression)[0])
+            return exp.DPipe(this=left, expression=right, safe=True), _TEXT
         if isinstance(node, exp.EQ) and (rewritten := self._knn_equals(node, scope, outputs)) is not None:
             return rewritten, _INT
         if isinstance(node, exp.ILike):
-            left, right = sub(node.this)[0], sub(node.expression)[0]
+            left, right = self._text(sub(node.this)[0]), self._text(sub(node.expression)[0])
             return exp.Like(this=_call("adql_lower", left), expression=_call("adql_lower", right)), _INT
         if isinstance(node, _PLAIN):
             args = {k: self._arg(v, sub) for k, v in node.args.items()}
@@ -995,8 +1054,12 @@ class _Translator:
         inner, kind = sub(node.this)
         target: exp.DataType = node.args["to"]
         if target.this in _CAST_TYPES:
-            sql_type, result = _CAST_TYPES[target.this]
-            return exp.Cast(this=inner, to=exp.DataType.build(sql_type)), replace(result, unit=kind.unit)
+            sqlite_type, postgres_type, result = _CAST_TYPES[target.this]
+            sql_type = postgres_type if self.engine.postgres else sqlite_type
+            if self.engine.postgres and result.datatype in _INTEGERS and kind.datatype in ("float", "double"):
+                inner = _call("trunc", inner)  # a real becomes an integer by truncation, as on SQLite
+            built = exp.DataType.build(sql_type, dialect=self.engine.dialect)
+            return exp.Cast(this=inner, to=built), replace(result, unit=kind.unit)
         if target.this in (exp.DataType.Type.CHAR, exp.DataType.Type.VARCHAR):
             params = target.expressions
             text = exp.Cast(this=inner, to=exp.DataType.build("TEXT"))
@@ -1053,6 +1116,7 @@ class _Translator:
                 raise ADQLError(f"{name} takes {_arity(low, high)} argument{'s' if high != 1 else ''}")
             translated = [sub(a) for a in args]
             if rule == "text":
+                translated = [(self._text(t), k) for t, k in translated]
                 kind = _TEXT
             elif rule == _SAME:
                 kind = replace(_numeric(*[k for _, k in translated]), unit=translated[0][1].unit)
@@ -1068,8 +1132,9 @@ class _Translator:
         if name == "ML_DISTANCE":
             if len(args) not in (2, 3):
                 raise ADQLError("ml_distance takes (did, ref_did [, dims])")
-            if len(args) == 3:
-                _dims_literal(args[2])
+            dims = _dims_literal(args[2]) if len(args) == 3 else None
+            if self.engine.postgres:
+                return self._distance_table(args, dims, sub), _DOUBLE
             return _call("ml_distance", *[sub(a)[0] for a in args]), _DOUBLE
         raise ADQLError(f"unknown function {node.this!s}")
 
@@ -1103,6 +1168,35 @@ class _Translator:
             return _call("adql_distance4", *[t for t, _ in translated]), kind
         return _call(f"adql_{name.lower()}", *[t for t, _ in translated]), kind
 
+    def _distance_table(self, args: list[exp.Expression], dims: list[int] | None, sub) -> exp.Expression:
+        """ml_distance on PostgreSQL: a lookup in the distance table of its (literal) reference."""
+        ref = _string(args[1])
+        if ref is None or (len(args) == 3 and _string(args[2]) is None):
+            raise ADQLError(
+                "ml_distance: on this archive the reference DID and dims must be literals "
+                "(ml_distance(did, 'ivo://…', '0 3')); their distances are computed before the query runs"
+            )
+        if self.similarity is None:
+            raise ADQLError("ml_distance is not available: no model is in service")
+        key = (ref, tuple(dims) if dims else None)
+        table = next((t for t in self.distances if (t.ref_did, t.dims) == key), None)
+        if table is None:
+            table = DistanceTable(f"latentvo_distance_{len(self.distances) + 1}", *key)
+            self.distances.append(table)
+        alias = self._alias()
+        lookup = exp.Select(
+            expressions=[_column("distance", alias)],
+            from_=exp.From(
+                this=exp.Table(
+                    this=_ident(table.name),
+                    db=exp.Identifier(this="pg_temp"),
+                    alias=exp.TableAlias(this=_ident(alias)),
+                )
+            ),
+            where=exp.Where(this=exp.EQ(this=_column("did", alias), expression=self._text(sub(args[0])[0]))),
+        )
+        return exp.Subquery(this=lookup)
+
     def _in_circle(self, args: list[exp.Expression], sub) -> exp.Expression | None:
         """CONTAINS(POINT(a, b), CIRCLE(c, d, r)) as one call on plain numbers."""
         point = _point_args(args[0])
@@ -1114,7 +1208,8 @@ class _Translator:
     def _cone_bounds(self, condition: exp.Expression, scope: _Scope) -> list[exp.Expression]:
         """The box of each literal cone in a top-level AND, so an index on (lat, lon) narrows it:
         ``lat BETWEEN b - r AND b + r`` and the RA intervals of :func:`geometry.ra_ranges` (a longitude
-        written outside [0, 360] is left to the exact test)."""
+        written outside [0, 360] is left to the exact test). Where q3c is installed, q3c's cone
+        instead, which its index on (lon, lat) answers."""
         bounds = []
         for term in _conjuncts(condition):
             cone = _cone(term)
@@ -1123,6 +1218,13 @@ class _Translator:
             if not (math.isfinite(cone.lat) and math.isfinite(cone.radius)) or cone.radius >= 180:
                 continue  # the whole sky, or no number: no range helps
             lat, _ = self.expr(cone.lat_column, scope)
+            indexed = cone.lon_column is not None and cone.lon is not None and math.isfinite(cone.lon)
+            if self.engine.q3c and indexed:
+                lon, _ = self.expr(cone.lon_column, scope)
+                reach = _literal(cone.radius + 2 * geometry.EPSILON)  # never narrower than the exact test
+                centre = (_literal(cone.lon), _literal(cone.lat))  # type: ignore[arg-type]
+                bounds.append(_call("q3c_radial_query", lon, lat, *centre, reach))
+                continue
             low, high = cone.lat - cone.radius, cone.lat + cone.radius
             bounds.append(exp.Between(this=lat, low=_literal(low), high=_literal(high)))
             if cone.lon_column is None or cone.lon is None or not math.isfinite(cone.lon):
@@ -1156,6 +1258,11 @@ class _Translator:
         members = self._knn_members(args)
         did = sub(args[0])[0]
         if members is None:
+            if self.engine.postgres:
+                raise ADQLError(
+                    "ml_knn: on this archive the reference DID, k and dims must be literals "
+                    "(ml_knn(did, 'ivo://…', 20)); the service finds the neighbours before the query runs"
+                )
             return _call("ml_knn", did, *[sub(a)[0] for a in args[1:]]), _INT
         inside = exp.In(this=did, expressions=[exp.Literal.string(d) for d in members])
         case = exp.Case(ifs=[exp.If(this=inside, true=exp.Literal.number(1))], default=exp.Literal.number(0))

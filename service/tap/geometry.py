@@ -247,11 +247,15 @@ def centroid_of(shape: Shape) -> Point:
     if isinstance(shape, Circle):
         return shape.center
     total = [0.0, 0.0, 0.0]
+    signed = 0.0
     for a, b, c in _fan(shape):
         weight = _triangle(a, b, c)
+        signed += weight
         middle = _unit((a[0] + b[0] + c[0], a[1] + b[1] + c[1], a[2] + b[2] + c[2]))
         for i in range(3):
             total[i] += weight * middle[i]
+    if signed < 0:  # vertices listed clockwise: the weights point the sum at the antipode
+        total = [-t for t in total]
     if _norm(tuple(total)) < 1e-15:
         total = [sum(v[i] for v in shape.vectors) for i in range(3)]
     return _lonlat(_unit(tuple(total)))

@@ -1,33 +1,35 @@
 """TAP ``/tap/sync``: run one ADQL query on the read-only archive and answer with the result table.
 
 :func:`run_tap` is the one way a TAP query request is answered, synchronously here and by an
-asynchronous job (service.tap.jobs): check the parameters (:func:`tap_request`), load the
-TAP_UPLOAD tables (service.tap.upload), run the query under a time limit (:func:`run_query`:
-translate, execute, turn cells into DALI values) and write the result (:func:`result_response`).
+asynchronous job (service.tap.jobs): check the parameters (:func:`tap_request`), open a query
+session on the archive (:meth:`~service.storage.Database.query_session`: read-only, time-limited,
+on SQLite or PostgreSQL), load the TAP_UPLOAD tables into it (service.tap.upload), run the query
+(:func:`run_query`: translate for that engine, execute, turn cells into DALI values) and write the
+result (:func:`result_response`).
 """
 
 from __future__ import annotations
 
-import sqlite3
-import time
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from astropy.io.votable.tree import Resource, VOTableFile
 from flask import Response, request
 
-from service.archive import Archive
 from service.dali import OutputFormat, maxrec, output_format, write_result
 from service.datalink import links_descriptor
 from service.errors import DALIError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
+from service.storage import DatabaseError, QuerySession, QueryStopped
 from service.tables import TableMeta, TableSet
 from service.tap import geometry, upload
 from service.tap.adql import (
     ADQLError,
+    Engine,
     OutputColumn,
-    Translation,
     function_error,
     register_functions,
     translate,
@@ -40,8 +42,6 @@ from service.votable import Column
 LANGUAGES = {"ADQL", "ADQL-2.0", "ADQL-2.1"}
 #: XML ID of the obs_publisher_did FIELD, which the DataLink descriptor's ID parameter refers to.
 PUBDID_FIELD_ID = "pubdid"
-#: SQLite virtual-machine steps between two looks at the clock.
-_PROGRESS_STEPS = 10_000
 _INTEGERS = {"short", "int", "long", "unsignedByte"}
 _GEOMETRY_XTYPES = {"point", "circle", "polygon"}
 
@@ -54,7 +54,7 @@ class QueryResult:
 
 
 class QueryInterrupted(UsageError):
-    """SQLite stopped the query: its time ran out, or (for a job) the job was aborted or deleted."""
+    """The database stopped the query: its time ran out, or (for a job) the job was aborted or deleted."""
 
 
 @dataclass(frozen=True)
@@ -92,16 +92,17 @@ def run_tap(
     timeout: float | None,
     interrupt: Callable[[], bool] | None = None,
 ) -> Response:
-    """Answer a TAP query request: uploads loaded into this connection, the query run, the result written.
+    """Answer a TAP query request: uploads loaded into a query session, the query run, the result written.
 
-    ``parts`` gives the multipart parts ``param:`` uploads name; ``interrupt`` (polled while SQLite
-    runs) stops the query early, as ``timeout`` does.
+    ``parts`` gives the multipart parts ``param:`` uploads name; ``interrupt`` (polled while the
+    query runs) stops the query early, as ``timeout`` does.
     """
     tap = tap_request(params)
-    extra = upload.load_uploads(
-        query_connection(state().archive()), tap.uploads, parts, state().config["service"]
-    )
-    result = run_query(tap.query, tap.limit, timeout, extra_tables=extra, interrupt=interrupt)
+    similarity = ModelSimilarity()
+    prepare = lambda connection: register_functions(connection, similarity)  # noqa: E731 (SQLite only)
+    with state().archive().db.query_session(timeout, interrupt, prepare) as session:
+        extra = upload.load_uploads(session, tap.uploads, parts, state().config["service"])
+        result = run_query(session, tap.query, tap.limit, timeout, extra, similarity)
     return result_response(result, tap.fmt, runid=tap.runid, query=tap.query)
 
 
@@ -119,81 +120,52 @@ def adql_query(params: Params) -> str:
 
 
 def run_query(
+    session: QuerySession,
     adql: str,
     limit: int,
     timeout: float | None = None,
     extra_tables: Sequence[TableMeta] = (),
-    interrupt: Callable[[], bool] | None = None,
+    similarity: ModelSimilarity | None = None,
 ) -> QueryResult:
-    """Translate and run ``adql`` on this request's archive connection; at most ``limit`` rows.
+    """Translate ``adql`` for the archive's engine and run it in ``session``; at most ``limit`` rows.
 
     ``extra_tables`` are queryable besides the published ones (TAP_UPLOAD tables the caller
-    has loaded into the connection's temporary schema). ``limit`` 0 returns the columns only.
+    has loaded into the session). ``limit`` 0 returns the columns only.
     """
     archive = state().archive()
     published = current_tableset(archive)
     tables = TableSet(published.schemas, [*published.tables, *extra_tables])
-    similarity = ModelSimilarity()
-    translation = translate(adql, tables, limit, similarity)
+    similarity = similarity or ModelSimilarity()
+    engine = Engine(archive.db.dialect, q3c="q3c" in archive.db.extensions)
+    translation = translate(adql, tables, limit, similarity, engine)
     if limit == 0:
         rows, overflow = [], True  # MAXREC=0: metadata only, flagged as overflow (DALI-02)
     else:
-        rows, overflow = execute(query_connection(archive), translation, timeout, similarity, interrupt)
+        for table in translation.distances:  # ml_distance on PostgreSQL: computed here, read there
+            dids, distances = similarity.distances(table.ref_did, table.dims)
+            rows = zip(dids, distances, strict=True)
+            session.temp_table(table.name, [("did", "text"), ("distance", "double")], rows)
+        function_error()  # forget anything left from an earlier statement on this thread
+        try:
+            rows, overflow = session.run(translation.sql, translation.limit)
+        except DatabaseError as exc:
+            raise _query_error(exc, timeout) from None
     columns, cells = result_table(translation.columns, rows)
     return QueryResult(columns, cells, overflow)
 
 
-def query_connection(archive: Archive) -> sqlite3.Connection:
-    """The driver connection ADQL runs on: the translation targets SQLite and its registered functions."""
-    if archive.db.dialect != "sqlite":
-        raise DALIError("ADQL queries are not yet answered on an archive kept in PostgreSQL", 501)
-    return archive.db.connection
-
-
-def execute(
-    conn: sqlite3.Connection,
-    translation: Translation,
-    timeout: float | None,
-    similarity: ModelSimilarity,
-    interrupt: Callable[[], bool] | None = None,
-) -> tuple[list[tuple], bool]:
-    """Rows of a translated query (one more than the limit tells overflow), aborted after ``timeout`` s
-    or as soon as ``interrupt()`` says so."""
-    register_functions(conn, similarity)
-    function_error()  # forget anything left from an earlier statement on this thread
-    stop = _stopper(timeout, interrupt)
-    if stop is not None:
-        conn.set_progress_handler(stop, _PROGRESS_STEPS)
-    try:
-        cursor = conn.execute(translation.sql)
-        rows = cursor.fetchmany(translation.limit + 1)
-        cursor.close()
-    except sqlite3.Error as exc:  # OperationalError mostly; DataError for values SQLite cannot hold
-        raise _query_error(exc, timeout) from None
-    finally:
-        conn.set_progress_handler(None, 0)
-    return [tuple(r) for r in rows[: translation.limit]], len(rows) > translation.limit
-
-
-def _stopper(timeout: float | None, interrupt: Callable[[], bool] | None) -> Callable[[], int] | None:
-    """The progress handler: non-zero (stop) once the deadline has passed or ``interrupt()`` is true."""
-    if not timeout and interrupt is None:
-        return None
-    deadline = time.monotonic() + timeout if timeout else float("inf")
-    asked = interrupt or (lambda: False)
-    return lambda: int(time.monotonic() > deadline or asked())
-
-
-def _query_error(exc: sqlite3.Error, timeout: float | None) -> DALIError:
-    """What the client is told when SQLite stops: a timeout, a function's complaint, or SQLite's."""
+def _query_error(exc: DatabaseError, timeout: float | None) -> DALIError:
+    """What the client is told when the database stops: a timeout, a function's complaint, or its own."""
     message = str(exc)
-    if message == "interrupted":
-        if not timeout:
+    if isinstance(exc, QueryStopped):
+        if not exc.timed_out or not timeout:
             return QueryInterrupted("the query was interrupted")
         return QueryInterrupted(
             f"the query ran longer than the {timeout:g} s allowed for synchronous queries; "
             "narrow it down (TOP, WHERE) or run it asynchronously"
         )
+    if exc.transient:
+        return DALIError(f"the archive database is unavailable ({message}); try again", 503)
     cause = function_error()
     if cause is not None:
         return cause
@@ -202,8 +174,15 @@ def _query_error(exc: sqlite3.Error, timeout: float | None) -> DALIError:
             "the query nests operations or function calls deeper than the database engine allows "
             f"({message}); simplify it"
         )
-    if message.startswith(("no such table", "no such column")):
+    if message.startswith(("no such table", "no such column", "relation ", "column ")) and (
+        not message.startswith(("relation ", "column ")) or message.endswith("does not exist")
+    ):
         return DALIError(f"the archive database does not match its table metadata ({message})", 500)
+    if message.startswith("function ") and message.endswith("does not exist"):
+        return ADQLError(
+            "the query gives a function arguments of types it does not take "
+            "(text where numbers belong, or numbers where a geometry belongs)"
+        )
     return ADQLError(f"the query cannot be run: {message}")
 
 
@@ -315,7 +294,24 @@ class ModelSimilarity:
         for d in chosen:  # summed in dimension order in float64, as model.similarity does
             diff = float(a[d]) - float(b[d])
             total += diff * diff
-        return total**0.5
+        return math.sqrt(total)
+
+    def distances(self, ref_did: str, dims: Sequence[int] | None) -> tuple[list[str], list[float]]:
+        """:meth:`distance` from ``ref_did`` for every encoded spectrum at once: the same float64
+        operations in the same order, over columns instead of one pair."""
+        served = self.served
+        row = served.row_of(ref_did)
+        if row is None:
+            return [], []
+        self._check_dims(dims)
+        chosen = list(dims) if dims is not None else served.model.similarity_dims
+        latents = served.model.latents
+        reference = latents[row]
+        total = np.zeros(len(latents), dtype=np.float64)
+        for d in chosen:
+            diff = latents[:, d].astype(np.float64) - float(reference[d])
+            total += diff * diff
+        return list(served.dids), np.sqrt(total).tolist()
 
     def _check_dims(self, dims: Sequence[int] | None) -> None:
         size = self.served.model.latent_dim

@@ -4,10 +4,9 @@
 request) or an ``http(s)://`` URL (fetched here, size- and time-limited). Several UPLOAD
 parameters accumulate, and pyvo's ``t1,param:t1;t2,param:t2`` is split at the ``;``.
 
-Each VOTable (TABLEDATA, BINARY or BINARY2) becomes a TEMP table on the connection the query
-runs on. The archive connection is read-only, but SQLite keeps TEMP tables in a separate,
-writable database, so the table lives exactly as long as that one request (or job run), is
-never in TAP_SCHEMA, and joins with archive tables like any other. Column names are the
+Each VOTable (TABLEDATA, BINARY or BINARY2) becomes a temporary table of the query's
+:class:`~service.storage.QuerySession`, so the table lives exactly as long as that one request
+(or job run), is never in TAP_SCHEMA, and joins with archive tables like any other. Column names are the
 FIELD names, so odd ones are queried as ADQL delimited identifiers (``"RA (deg)"``).
 Timestamps are stored in the DALI form; points, circles and polygons as the STC-S text the
 geometry functions take, so ``CONTAINS``/``DISTANCE`` work on uploaded positions too.
@@ -30,6 +29,7 @@ from service.dali import text_value
 from service.errors import LimitError, UsageError
 from service.fetch import bounded, fetch_url
 from service.params import Params
+from service.storage import QuerySession
 from service.tables import ColumnMeta, TableMeta
 from service.tap import geometry
 
@@ -162,11 +162,13 @@ def read_votable(data: bytes, name: str) -> TableElement:
 class _Column:
     meta: ColumnMeta
     convert: Callable[[object], object]
-    affinity: str
+    kind: str  # the storage kind: "double", "integer" or "text"
 
 
-def load_uploads(conn, specs: list[UploadSpec], parts: PartReader, config: dict) -> list[TableMeta]:
-    """Read every upload and create its TEMP table on ``conn``; the TableMeta to query it with.
+def load_uploads(
+    session: QuerySession, specs: list[UploadSpec], parts: PartReader, config: dict
+) -> list[TableMeta]:
+    """Read every upload and create its temporary table in ``session``; the TableMeta to query it with.
 
     ``config`` is the ``[service]`` section: upload_limit, upload_timeout, upload_url_allow.
     """
@@ -176,38 +178,24 @@ def load_uploads(conn, specs: list[UploadSpec], parts: PartReader, config: dict)
     for spec in specs:
         data = read_upload(spec, parts, limit - used, timeout, config["upload_url_allow"])
         used += len(data)
-        tables.append(create_table(conn, spec.name, read_votable(data, spec.name)))
+        tables.append(create_table(session, spec.name, read_votable(data, spec.name)))
     return tables
 
 
-def create_table(conn, name: str, table: TableElement) -> TableMeta:
-    """``TAP_UPLOAD.<name>`` as a TEMP table holding the VOTable's rows."""
+def create_table(session: QuerySession, name: str, table: TableElement) -> TableMeta:
+    """``TAP_UPLOAD.<name>`` as a temporary table holding the VOTable's rows."""
     columns = [_column(f) for f in table.fields]
     names = [c.meta.name.lower() for c in columns]
     if len(set(names)) != len(names):
         raise UsageError(f"UPLOAD {name}: column names must differ (ignoring case)")
-    sql_name = f"tap_upload_{name.lower()}"
-    definition = ", ".join(f"{_quote(c.meta.name)} {c.affinity}" for c in columns)
-    marks = ", ".join("?" * len(columns))
-    conn.execute("BEGIN")  # one transaction for all rows (the connection is in autocommit)
-    try:
-        conn.execute(f"DROP TABLE IF EXISTS temp.{sql_name}")
-        conn.execute(f"CREATE TEMP TABLE {sql_name} ({definition})")
-        conn.executemany(f"INSERT INTO temp.{sql_name} VALUES ({marks})", _rows(table, columns, name))
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    definition = [(c.meta.name, c.kind) for c in columns]
+    sql_name = session.temp_table(f"tap_upload_{name.lower()}", definition, _rows(table, columns, name))
     return TableMeta(
         name=f"{SCHEMA}.{name}",
-        sql=f"temp.{sql_name}",
+        sql=sql_name,
         description=f"table uploaded with this query (UPLOAD={name},…)",
         columns=[c.meta for c in columns],
     )
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _rows(table: TableElement, columns: list[_Column], name: str) -> Iterator[list]:
@@ -247,18 +235,18 @@ def _column(field: Field) -> _Column:
     if datatype in ("char", "unicodeChar"):
         convert = _timestamp if xtype in ("timestamp", "adql:TIMESTAMP") else _text
         stored_xtype = "timestamp" if convert is _timestamp else xtype
-        return _Column(meta(datatype, arraysize, stored_xtype), convert, "TEXT")
+        return _Column(meta(datatype, arraysize, stored_xtype), convert, "text")
     if xtype in _GEOMETRY and datatype in _REALS and arraysize:
-        return _Column(meta("double", _GEOMETRY[xtype], xtype), _geometry(xtype), "TEXT")
+        return _Column(meta("double", _GEOMETRY[xtype], xtype), _geometry(xtype), "text")
     if arraysize and arraysize != "1":
-        return _Column(meta("char", "*", None), text_value, "TEXT")
+        return _Column(meta("char", "*", None), text_value, "text")
     if datatype in _INTEGERS:
-        return _Column(meta(datatype, None, xtype), _scalar(int), "INTEGER")
+        return _Column(meta(datatype, None, xtype), _scalar(int), "integer")
     if datatype in _REALS:
-        return _Column(meta(datatype, None, xtype), _real, "REAL")
+        return _Column(meta(datatype, None, xtype), _real, "double")
     if datatype == "boolean":
-        return _Column(meta("boolean", None, None), _scalar(lambda v: int(bool(v))), "INTEGER")
-    return _Column(meta("char", "*", None), text_value, "TEXT")  # bit, complex: their DALI text
+        return _Column(meta("boolean", None, None), _scalar(lambda v: int(bool(v))), "integer")
+    return _Column(meta("char", "*", None), text_value, "text")  # bit, complex: their DALI text
 
 
 def _scalar(kind: Callable) -> Callable[[object], object]:

@@ -1,5 +1,6 @@
-"""ADQL 2.1 translation (vo-protocols §4): every feature run on a real SQLite database with answers
-worked out by hand (geometry against astropy), plus the archive's own schema and table metadata."""
+"""ADQL 2.1 translation (vo-protocols §4): every feature run on a real SQLite database and on a real
+PostgreSQL server with answers worked out by hand (geometry against astropy), plus the archive's own
+schema and table metadata."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 
 from service.archive import Archive
+from service.storage import DatabaseError
 from service.tables import ColumnMeta, SchemaMeta, TableMeta, TableSet, load_tableset
-from service.tap.adql import ADQLError, register_functions, translate
+from service.tap.adql import SQLITE, ADQLError, Engine, register_functions, translate
 from service.tap.sync import result_table
 
 C = ColumnMeta
@@ -64,15 +66,50 @@ def db():
     conn.close()
 
 
+@pytest.fixture(scope="module")
+def postgres_catalog(postgres_server):
+    """The same two tables on PostgreSQL, with the archive's ADQL function library."""
+    import secrets
+
+    from service.storage.postgres import ADQL_FUNCTIONS, PostgresDatabase
+    from tests.postgres import create_database
+
+    url = create_database(postgres_server, f"latentvo_adql_{secrets.token_hex(4)}")
+    database = PostgresDatabase(url, schema="jobs")  # the job table only: these tests bring their own
+    database.execute(ADQL_FUNCTIONS.read_text())
+    database.execute(
+        "CREATE TABLE stars (did TEXT, name TEXT, ra DOUBLE PRECISION, dec DOUBLE PRECISION, "
+        'mag DOUBLE PRECISION, kind INTEGER, region TEXT, "size" INTEGER, obs_date TEXT, secret TEXT)'
+    )
+    database.insert_rows(
+        "stars", ["did", "name", "ra", "dec", "mag", "kind", "region", "size", "obs_date", "secret"],
+        [(*star, "hidden") for star in STARS],
+    )  # fmt: skip
+    database.execute("CREATE TABLE notes (did TEXT, note TEXT)")
+    database.insert_rows("notes", ["did", "note"], NOTES)
+    yield database
+    database.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request) -> Engine:
+    """Each engine the translation targets."""
+    return SQLITE if request.param == "sqlite" else Engine("postgres")
+
+
 @pytest.fixture()
-def execute(db):
-    """Rows of a translation, as many as it says to return."""
+def execute(request, engine):
+    """Rows of a translation on ``engine``, as many as it says to return."""
+    if engine.postgres:
+        database = request.getfixturevalue("postgres_catalog")
+        return lambda translation: [tuple(r) for r in database.all(translation.sql)][: translation.limit]
+    db = request.getfixturevalue("db")
     return lambda translation: db.execute(translation.sql).fetchall()[: translation.limit]
 
 
 @pytest.fixture()
-def run(execute):
-    return lambda adql, maxrec=100: execute(translate(adql, TABLES, maxrec))
+def run(execute, engine):
+    return lambda adql, maxrec=100: execute(translate(adql, TABLES, maxrec, engine=engine))
 
 
 def column(rows: list[tuple], i: int = 0) -> list:
@@ -282,13 +319,14 @@ def test_math_functions(run):
     assert run("SELECT 7 / 2, 7.0 / 2 FROM cat.stars WHERE did = 's1'") == [(3, 3.5)]
 
 
-def test_cast_and_in_unit(execute):
+def test_cast_and_in_unit(execute, engine):
     translation = translate(
         "SELECT CAST(mag AS INTEGER), CAST(kind AS DOUBLE PRECISION), CAST(name AS CHAR(3)), "
         "CAST(mag AS BIGINT), CAST(mag AS SMALLINT), CAST(mag AS REAL), CAST(obs_date AS TIMESTAMP), "
         "CAST('2020-01-02 10:11' AS TIMESTAMP) FROM cat.stars WHERE did = 's1'",
         TABLES,
         10,
+        engine=engine,
     )
     kinds = [(c.datatype, c.arraysize, c.xtype) for c in translation.columns]
     assert kinds == [
@@ -614,7 +652,7 @@ def test_nested_operations_work_or_say_the_engine_limit(db):
     try:
         assert db.execute(deep.sql).fetchall() == [(401.5,)]
     except sqlite3.OperationalError as exc:
-        error = _query_error(exc, None)
+        error = _query_error(DatabaseError(str(exc)), None)
         assert error.status == 400 and "deeper than the database engine allows" in error.message
 
 
