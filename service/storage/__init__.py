@@ -133,10 +133,12 @@ class Database(ABC):
         timeout: float | None,
         interrupt: Callable[[], bool] | None = None,
         prepare: Callable[[Any], None] | None = None,
+        role: str = "",
     ) -> AbstractContextManager[QuerySession]:
         """A :class:`QuerySession` on this connection: stopped after ``timeout`` seconds of running or as
         soon as ``interrupt()`` is true. ``prepare`` gets the SQLite connection first, to register the
-        functions the query calls (PostgreSQL has them in the schema)."""
+        functions the query calls (PostgreSQL has them in the schema); PostgreSQL runs the session as
+        ``role`` when one is given (``[archive] tap_role``)."""
 
     @abstractmethod
     def end_request(self) -> None:

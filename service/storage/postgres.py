@@ -296,15 +296,20 @@ class PostgresDatabase(Database):
         timeout: float | None,
         interrupt: Callable[[], bool] | None = None,
         prepare: Callable[[Any], None] | None = None,
+        role: str = "",
     ) -> Iterator[QuerySession]:
         """One transaction: READ WRITE for the temporary tables (even on a read-only session), READ ONLY
-        from the query on, rolled back at the end."""
+        from the query on, rolled back at the end; as ``role`` from the start when one is given."""
         connection = self.connection
         try:
             if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 connection.rollback()
             connection.execute("BEGIN READ WRITE")
+            if role:
+                connection.execute(f"SET LOCAL ROLE {_quote(role)}")
         except psycopg.Error as exc:
+            if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                connection.rollback()
             raise _error(exc) from exc
         try:
             yield _PostgresQuery(connection, timeout, interrupt)

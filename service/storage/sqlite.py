@@ -125,6 +125,7 @@ class SQLiteDatabase(Database):
         timeout: float | None,
         interrupt: Callable[[], bool] | None = None,
         prepare: Callable[[Any], None] | None = None,
+        role: str = "",
     ) -> Iterator[QuerySession]:
         if prepare is not None:
             prepare(self.connection)

@@ -100,7 +100,8 @@ def run_tap(
     tap = tap_request(params)
     similarity = ModelSimilarity()
     prepare = lambda connection: register_functions(connection, similarity)  # noqa: E731 (SQLite only)
-    with state().archive().db.query_session(timeout, interrupt, prepare) as session:
+    role = state().config["archive"]["tap_role"]
+    with state().archive().db.query_session(timeout, interrupt, prepare, role) as session:
         extra = upload.load_uploads(session, tap.uploads, parts, state().config["service"])
         result = run_query(session, tap.query, tap.limit, timeout, extra, similarity)
     return result_response(result, tap.fmt, runid=tap.runid, query=tap.query)

@@ -349,5 +349,45 @@ def test_taplint_reports_no_errors_or_failures_on_postgresql(postgres_live_serve
 
     assert stilts.stilts_available(), "STILTS is not installed (apt-get install stilts; .ci/run does it)"
     report = stilts.taplint(f"{postgres_live_server.url}/tap")
-    print(report.summary())
+    print(report.summary(), *report.warnings, sep="\n")
     assert report.ok, "\n".join(report.errors + report.failures)
+
+
+def test_queries_run_as_the_tap_role(postgres_live_server, archives):
+    """``[archive] tap_role``: the README's grants give a role that reads the archive, fills its
+    temporary tables, and can write nothing, even outside the read-only transaction."""
+    import psycopg
+
+    from service.storage.postgres import PostgresDatabase
+
+    url = postgres_live_server.config["archive"]["database"]
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS latentvo_tap_test")
+        admin.execute("CREATE ROLE latentvo_tap_test NOLOGIN")
+        admin.execute("GRANT USAGE ON SCHEMA public TO latentvo_tap_test")
+        admin.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO latentvo_tap_test")
+    database = PostgresDatabase(url, readonly=True)
+    try:
+        with database.query_session(5.0, role="latentvo_tap_test") as session:
+            session.temp_table("mine", [("did", "text")], [(_did(archives),)])
+            rows, _ = session.run(
+                "SELECT s.obs_id, current_user FROM spectrum AS s JOIN pg_temp.mine AS m "
+                "ON m.did = s.obs_publisher_did",
+                5,
+            )
+        assert len(rows) == 1 and rows[0][1] == "latentvo_tap_test"
+        with (
+            pytest.raises(DatabaseError, match="role .nobody. does not exist"),
+            database.query_session(5.0, role="nobody"),
+        ):
+            pass
+        assert database.scalar("SELECT current_user") != "latentvo_tap_test"  # the role ends with the session
+    finally:
+        database.close()
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SET ROLE latentvo_tap_test")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            admin.execute("DELETE FROM spectrum")
+        admin.execute("RESET ROLE")
+        admin.execute("DROP OWNED BY latentvo_tap_test")
+        admin.execute("DROP ROLE latentvo_tap_test")
