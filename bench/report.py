@@ -100,9 +100,26 @@ def report(results: Path) -> str:
         lines += encode_parts(json.loads((results / "encode.json").read_text()))
     if (results / "index_scale.md").exists():
         lines += ["", "#" + (results / "index_scale.md").read_text().strip(), ""]
+    lines += beyond_one_machine(results)
     if (results / "fixes.md").exists():
         lines += ["", (results / "fixes.md").read_text().strip(), ""]
     return "\n".join(lines)
+
+
+#: Runs on Dask and on PostgreSQL (bench/pipeline.py --dask/--database, bench/load.py --database,
+#: bench/cone_postgres.py), each kept as its own Markdown, shown in this order where present.
+BEYOND = ("pipeline-1m-dask", "pipeline-20k-*", "inprocess-100k-*", "cone-postgres-*")
+
+
+def beyond_one_machine(results: Path) -> list[str]:
+    """The Dask and PostgreSQL runs, each under its own heading."""
+    found = [path for pattern in BEYOND for path in sorted(results.glob(f"{pattern}.md"))]
+    if not found:
+        return []
+    lines = ["", "## Beyond one machine: Dask and PostgreSQL", ""]
+    for path in found:
+        lines += ["##" + path.read_text().strip(), ""]
+    return lines
 
 
 FLOOR = "HTTP floor (/tap/availability)"

@@ -622,12 +622,42 @@ CREATE OR REPLACE FUNCTION adql_intersects(a TEXT, b TEXT) RETURNS INTEGER
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT latentvo_intersects(latentvo_parse(a), latentvo_parse(b))::integer
 $$;
+-- DISTANCE(lon1, lat1, lon2, lat2): latentvo_angle(latentvo_vector(…), latentvo_vector(…)) in scalars,
+-- the same operations in the same order, without arrays: the exact test of every cone runs it per row.
 CREATE OR REPLACE FUNCTION adql_distance4(
     lon1 DOUBLE PRECISION, lat1 DOUBLE PRECISION, lon2 DOUBLE PRECISION, lat2 DOUBLE PRECISION
-) RETURNS DOUBLE PRECISION LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT latentvo_angle(latentvo_vector(p[2], p[3]), latentvo_vector(q[2], q[3]))
-    FROM (SELECT latentvo_make_point(lon1, lat1) AS p, latentvo_make_point(lon2, lat2) AS q) AS r
-$$;
+) RETURNS DOUBLE PRECISION LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    k CONSTANT DOUBLE PRECISION := pi() / 180.0::float8;
+    lo1 DOUBLE PRECISION := lon1 - 360.0 * trunc(lon1 / 360.0);  -- latentvo_lon, inline
+    lo2 DOUBLE PRECISION := lon2 - 360.0 * trunc(lon2 / 360.0);
+    a1 DOUBLE PRECISION;
+    a2 DOUBLE PRECISION;
+    a3 DOUBLE PRECISION;
+    b1 DOUBLE PRECISION;
+    b2 DOUBLE PRECISION;
+    b3 DOUBLE PRECISION;
+BEGIN
+    IF NOT (lat1 BETWEEN -90.0 AND 90.0 AND lat2 BETWEEN -90.0 AND 90.0
+            AND abs(lon1) < 'Infinity' AND abs(lon2) < 'Infinity') THEN
+        PERFORM latentvo_make_point(lon1, lat1), latentvo_make_point(lon2, lat2);  -- raises the error
+    END IF;
+    IF lo1 < 0 THEN
+        lo1 := lo1 + 360.0;
+    END IF;
+    IF lo2 < 0 THEN
+        lo2 := lo2 + 360.0;
+    END IF;
+    a1 := cos(lat1 * k) * cos(lo1 * k);
+    a2 := cos(lat1 * k) * sin(lo1 * k);
+    a3 := sin(lat1 * k);
+    b1 := cos(lat2 * k) * cos(lo2 * k);
+    b2 := cos(lat2 * k) * sin(lo2 * k);
+    b3 := sin(lat2 * k);
+    RETURN atan2(sqrt((a2 * b3 - a3 * b2) * (a2 * b3 - a3 * b2) + (a3 * b1 - a1 * b3) * (a3 * b1 - a1 * b3)
+                      + (a1 * b2 - a2 * b1) * (a1 * b2 - a2 * b1)),
+                 a1 * b1 + a2 * b2 + a3 * b3) * (180.0::float8 / pi());
+END $$;
 CREATE OR REPLACE FUNCTION adql_distance(a TEXT, b TEXT) RETURNS DOUBLE PRECISION
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT latentvo_angle(latentvo_vector(p[2], p[3]), latentvo_vector(q[2], q[3]))
