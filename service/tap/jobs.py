@@ -8,9 +8,10 @@ under ``<archive root>/jobs/<job_id>/`` (shared storage when several hosts serve
 written atomically (model.atomic).
 
 Running: PHASE=RUN moves a job PENDING → QUEUED and hands it to this process's thread pool
-(``[service] job_workers`` threads). A pool thread claims the job with an atomic
-``UPDATE … WHERE phase = 'QUEUED'`` (on PostgreSQL a second claimer waits for the row lock, then
-finds the phase changed), so one process at most runs it, and answers it with the
+(``[service] job_workers`` threads). A pool thread claims the job (:meth:`JobStore.claim`: on
+PostgreSQL ``SELECT … FOR UPDATE SKIP LOCKED``, so a second claimer on any host skips a job being
+claimed instead of waiting for it; on SQLite under the file's write lock), so one process at most
+runs it, and answers it with the
 same function as /tap/sync (:func:`service.tap.sync.run_tap`) under the job's
 executionDuration: SQLite's progress handler stops the query when the time is up (→ ERROR)
 or when the job is aborted or deleted (→ ABORTED, or gone). Validation happens then, so a
@@ -242,6 +243,19 @@ class JobStore:
             sql += f" AND phase IN ({','.join('?' * len(phases))})"
             args.extend(phases)
         return self.execute(sql, args).rowcount == 1
+
+    def claim(self, job_id: str, **fields) -> bool:
+        """QUEUED → EXECUTING with ``fields`` for one runner; False when the job is not QUEUED or another
+        runner is claiming it this moment (PostgreSQL: the row is locked, and SKIP LOCKED passes it by)."""
+        with self.transaction() as db:
+            lock = " FOR UPDATE SKIP LOCKED" if db.dialect == "postgres" else ""  # SQLite: the file's lock
+            row = db.one(f"SELECT job_id FROM uws_job WHERE job_id = ? AND phase = ?{lock}", (job_id, QUEUED))
+            if row is None:
+                return False
+            values = [stored(v) if isinstance(v, datetime) else v for v in fields.values()]
+            sets = ", ".join(f"{name} = ?" for name in ["phase", *fields])
+            db.execute(f"UPDATE uws_job SET {sets} WHERE job_id = ?", (EXECUTING, *values, job_id))
+        return True
 
     def update_parameters(self, job_id: str, update: Callable[[dict[str, list[str]]], None]) -> None:
         """Change a PENDING job's parameters (UWS-06); 404 if there is no such job, 403 if not PENDING."""
@@ -513,10 +527,8 @@ class JobService:
             self._submitted.discard(job_id)
             cancel = self._running.setdefault(job_id, threading.Event())
         try:
-            claimed = self.store.change(
+            claimed = self.store.claim(
                 job_id,
-                (QUEUED,),
-                phase=EXECUTING,
                 start_time=now(),
                 runner=self.runner,
                 heartbeat=time.time(),

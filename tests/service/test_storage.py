@@ -182,8 +182,8 @@ def test_a_server_nobody_answers_on_is_a_transient_error(tmp_path, monkeypatch):
 
 
 def test_two_job_stores_never_claim_one_job(tmp_path, database_location):
-    """The claim is one conditional UPDATE: of two stores (two processes or hosts) racing for a QUEUED
-    job, exactly one wins, whatever the engine."""
+    """Of two stores (two processes or hosts) racing to claim a QUEUED job, exactly one wins, whatever
+    the engine (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: the write lock)."""
     Archive(tmp_path, database_location).close()
     stores = [jobs.JobStore(database_location, tmp_path) for _ in range(2)]
     for attempt in range(20):
@@ -198,7 +198,7 @@ def test_two_job_stores_never_claim_one_job(tmp_path, database_location):
 
         def claim(store, job_id=job_id, start=start, won=won):
             start.wait()
-            won.append(store.change(job_id, (jobs.QUEUED,), phase=jobs.EXECUTING, runner=f"{id(store)}"))
+            won.append(store.claim(job_id, runner=f"{id(store)}"))
 
         threads = [threading.Thread(target=claim, args=(s,)) for s in stores]
         for thread in threads:
@@ -206,6 +206,7 @@ def test_two_job_stores_never_claim_one_job(tmp_path, database_location):
         for thread in threads:
             thread.join()
         assert sorted(won) == [False, True]
+        assert stores[1].phases([job_id]) == {job_id: jobs.EXECUTING}
     listed = stores[1].jobs(last=3)
     assert [j.job_id for j in listed] == [f"{n:016x}" for n in (19, 18, 17)]
     for store in stores:
