@@ -59,6 +59,11 @@ class ADQLError(UsageError):
     """The ADQL cannot be run: a syntax error, an unknown table, column or function (400)."""
 
 
+class _ServiceFault(Exception):
+    """A similarity hook failed for a reason of the service's own (model files missing, say): not the
+    client's query, so :func:`translate` lets the cause through rather than answering 400."""
+
+
 # -- the dialect ------------------------------------------------------------------------------
 
 
@@ -235,6 +240,8 @@ def translate(
             sql = sql_node.sql(dialect=engine.dialect)
     except DALIError:
         raise
+    except _ServiceFault as fault:
+        raise fault.__cause__ from None  # type: ignore[misc]
     except RecursionError:
         raise ADQLError(
             "the query is nested too deeply to translate (expressions chained or nested "
@@ -1300,6 +1307,10 @@ class _Translator:
             members = self.similarity.knn(ref, int(k_value), dims)
         except ValueError as exc:
             raise ADQLError(f"ml_knn: {exc}") from None
+        except DALIError:
+            raise
+        except Exception as exc:
+            raise _ServiceFault() from exc
         if members is None:
             raise ADQLError(f"ml_knn: unknown reference DID {ref!r} (not in the archive or not encoded)")
         return members

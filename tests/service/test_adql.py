@@ -778,3 +778,15 @@ def test_cones_find_every_row_within_the_radius_across_ra_0_and_odd_ra_forms(tmp
             assert sorted(r[0] for r in archive.db.execute(sql)) == expected, (query, sql)
         assert expected, "every cone holds a row"
     archive.close()
+
+
+def test_a_failing_similarity_hook_is_not_the_clients_fault():
+    """A hook that fails for the service's own reason (its model files gone) is no 400 "cannot translate"."""
+
+    class Broken:
+        def knn(self, ref_did, k, dims):
+            raise FileNotFoundError("models/v0001/config.json")
+
+    query = "SELECT did FROM cat.stars WHERE 1 = ml_knn(did, 's1', 3)"
+    with pytest.raises(FileNotFoundError):
+        translate(query, TABLES, 10, Broken())
