@@ -677,3 +677,25 @@ CREATE OR REPLACE FUNCTION adql_coord2(a TEXT) RETURNS DOUBLE PRECISION
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT (latentvo_point_of(a))[3] $$;
 CREATE OR REPLACE FUNCTION adql_centroid(a TEXT) RETURNS TEXT
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT latentvo_encode(latentvo_centroid(latentvo_parse(a))) $$;
+
+-- == similarity ==
+
+-- ml_distance between two latent vectors over dims ('0 3 5'): summed in dimension order in float64,
+-- then the square root, as ModelSimilarity.distance does in Python.
+CREATE OR REPLACE FUNCTION latentvo_latent_distance(a DOUBLE PRECISION[], b DOUBLE PRECISION[], dims TEXT)
+    RETURNS DOUBLE PRECISION LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    total DOUBLE PRECISION := 0.0;
+    diff DOUBLE PRECISION;
+    d INTEGER;
+BEGIN
+    FOREACH d IN ARRAY regexp_split_to_array(btrim(dims), '\s+')::integer[] LOOP
+        IF d < 0 OR d >= array_length(a, 1) THEN
+            RAISE EXCEPTION 'ml_distance: dims must be latent dimensions from 0 to %', array_length(a, 1) - 1
+                USING ERRCODE = '22023';
+        END IF;
+        diff := a[d + 1] - b[d + 1];
+        total := total + diff * diff;
+    END LOOP;
+    RETURN sqrt(total);
+END $$;

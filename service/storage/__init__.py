@@ -72,8 +72,13 @@ class QuerySession(ABC):
 
     @abstractmethod
     def temp_table(self, name: str, columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> str:
-        """Create temporary table ``name`` (columns: name and "double", "integer" or "text") holding
-        ``rows``; the SQL name to query it by."""
+        """Create temporary table ``name`` (columns: name and "double", "integer" or "text"; on PostgreSQL
+        also "doubles", an array) holding ``rows``; the SQL name to query it by."""
+
+    @abstractmethod
+    def read(self, sql: str) -> list[tuple]:
+        """Rows of a query of the service's own (never a client's) among the temporary tables, before
+        the client's query runs."""
 
     @abstractmethod
     def run(self, sql: str, limit: int) -> tuple[list[tuple], bool]:

@@ -42,6 +42,8 @@ POOL_SIZE = 16
 #: Seconds to wait for a pooled connection (or for the server) before giving up.
 CONNECT_TIMEOUT = 10.0
 _TYPES = {"double": "DOUBLE PRECISION", "integer": "INTEGER", "text": "TEXT"}
+#: Kinds a query session's temporary tables take: the archive's, and arrays of reals (latent vectors).
+_TEMP_TYPES = _TYPES | {"doubles": "DOUBLE PRECISION[]"}
 _KINDS = {"double precision": "double", "real": "double", "numeric": "double"}
 _KINDS |= {"integer": "integer", "bigint": "integer", "smallint": "integer"}
 #: Quoted literals and identifiers (kept whole), ``?`` placeholders and ``%`` signs.
@@ -193,9 +195,10 @@ class PostgresDatabase(Database):
             if not readonly:
                 with self.connection.transaction():
                     self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                    if schema == "archive":
-                        self.connection.execute(_FUNCTIONS)
-                        self.connection.execute(ADQL_FUNCTIONS.read_text())
+                    # The functions are the service's own: the job store's open at startup brings an
+                    # archive built by an earlier version up to date, as any writable open does.
+                    self.connection.execute(_FUNCTIONS)
+                    self.connection.execute(ADQL_FUNCTIONS.read_text())
                     self.connection.execute(schema_script(self.dialect, jobs_only=schema == "jobs"))
                     if schema == "archive":
                         self._sky_index()
@@ -353,7 +356,7 @@ class _PostgresQuery(QuerySession):
     def temp_table(self, name: str, columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> str:
         if self.read_only:
             raise RuntimeError("temporary tables come before the query")
-        definition = ", ".join(f"{_quote(column)} {_TYPES[kind]}" for column, kind in columns)
+        definition = ", ".join(f"{_quote(column)} {_TEMP_TYPES[kind]}" for column, kind in columns)
         names = ", ".join(_quote(column) for column, _ in columns)
         try:
             self.connection.execute(f"DROP TABLE IF EXISTS pg_temp.{_quote(name)}")
@@ -370,6 +373,12 @@ class _PostgresQuery(QuerySession):
         except psycopg.Error as exc:
             raise _error(exc) from exc
         return f"pg_temp.{name}"
+
+    def read(self, sql: str) -> list[tuple]:
+        try:
+            return [tuple(row) for row in self.connection.execute(sql)]
+        except psycopg.Error as exc:
+            raise _error(exc) from exc
 
     def run(self, sql: str, limit: int) -> tuple[list[tuple], bool]:
         connection = self.connection

@@ -181,6 +181,12 @@ class _SQLiteQuery(QuerySession):
         conn.execute("COMMIT")
         return f"temp.{name}"
 
+    def read(self, sql: str) -> list[tuple]:
+        try:
+            return [tuple(row) for row in self.connection.execute(sql)]
+        except sqlite3.Error as exc:
+            raise DatabaseError(str(exc)) from exc
+
     def run(self, sql: str, limit: int) -> tuple[list[tuple], bool]:
         deadline = time.monotonic() + self.timeout if self.timeout else None
         asked = self.interrupt

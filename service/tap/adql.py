@@ -189,14 +189,34 @@ class DistanceTable:
     dims: tuple[int, ...] | None
 
 
+@dataclass(frozen=True)
+class NeighbourTable:
+    """``ml_knn(did, ref, k, dims)`` on PostgreSQL with the reference a column of an uploaded table: the
+    neighbours of every DID that column holds, a temporary table (``ref``, ``did``) the query looks in."""
+
+    name: str
+    source: str  # the uploaded table's SQL name
+    column: str  # its column of reference DIDs
+    k: int
+    dims: tuple[int, ...] | None
+
+
+#: On PostgreSQL: every encoded spectrum's latent vector (``did``, ``z``), for ``ml_distance`` with a
+#: reference that is no literal, and the similarity dimensions it uses by default (``dims``, text).
+LATENT_TABLE = "latentvo_latent"
+SIMILARITY_DIMS_TABLE = "latentvo_similarity_dims"
+
+
 @dataclass
 class Translation:
     sql: str
     columns: list[OutputColumn]
     #: Rows to return; the SQL fetches one more when MAXREC (not TOP) limits, so overflow shows.
     limit: int
-    #: The distance tables the SQL reads (PostgreSQL only).
+    #: The temporary tables the SQL reads, for the caller to fill first (PostgreSQL only).
     distances: list[DistanceTable] = field(default_factory=list)
+    neighbours: list[NeighbourTable] = field(default_factory=list)
+    latents: bool = False
 
 
 class SimilarityHooks(Protocol):
@@ -250,7 +270,8 @@ def translate(
     except Exception:  # a construct the translator does not expect: the client's query, not our state
         log.warning("ADQL translation failed on %r", adql[:200], exc_info=True)
         raise ADQLError("the query uses a construct this service cannot translate; simplify it") from None
-    return Translation(sql, [OutputColumn.of(n, k) for n, k in outputs], limit, translator.distances)
+    columns = [OutputColumn.of(n, k) for n, k in outputs]
+    return Translation(sql, columns, limit, translator.distances, translator.neighbours, translator.latents)
 
 
 def tokenize(adql: str) -> list[tokens.Token]:
@@ -400,6 +421,7 @@ class _Source:
     alias: exp.Identifier | None  # the user's alias, if any
     parts: list[str] = field(default_factory=list)  # qualified name parts of a named table
     physical: bool = False  # a table from the TableSet (whose columns may have SQL expressions)
+    sql: str | None = None  # a physical table's SQL name
 
     def named(self, qualifier: list[exp.Identifier]) -> bool:
         if self.alias is not None:
@@ -574,6 +596,8 @@ class _Translator:
         self.engine = engine
         self.counter = 0
         self.distances: list[DistanceTable] = []
+        self.neighbours: list[NeighbourTable] = []
+        self.latents = False
 
     def _unbounded(self) -> exp.Limit | None:
         """The LIMIT an OFFSET needs: SQLite takes none without one (-1: no bound); PostgreSQL needs none."""
@@ -835,7 +859,8 @@ class _Translator:
                 scope.sources.append(_Source(sql_alias, cte.columns, user_alias or cte.name, [cte.name.name]))
                 return exp.Table(this=_ident(cte.sql_name), alias=exp.TableAlias(this=_ident(sql_alias)))
             meta = self._table(node)
-            scope.sources.append(_Source(sql_alias, meta.columns, user_alias, meta.name.split("."), True))
+            parts = meta.name.split(".")
+            scope.sources.append(_Source(sql_alias, meta.columns, user_alias, parts, True, meta.sql))
             *db, name = meta.sql.split(".")
             return exp.Table(
                 this=_ident(name),
@@ -1135,13 +1160,13 @@ class _Translator:
         if name == "IN_UNIT":
             return self._in_unit(args, sub)
         if name == "ML_KNN":
-            return self._knn(args, sub)
+            return self._knn(args, sub, scope)
         if name == "ML_DISTANCE":
             if len(args) not in (2, 3):
                 raise ADQLError("ml_distance takes (did, ref_did [, dims])")
             dims = _dims_literal(args[2]) if len(args) == 3 else None
             if self.engine.postgres:
-                return self._distance_table(args, dims, sub), _DOUBLE
+                return self._distance(args, dims, sub), _DOUBLE
             return _call("ml_distance", *[sub(a)[0] for a in args]), _DOUBLE
         raise ADQLError(f"unknown function {node.this!s}")
 
@@ -1175,16 +1200,41 @@ class _Translator:
             return _call("adql_distance4", *[t for t, _ in translated]), kind
         return _call(f"adql_{name.lower()}", *[t for t, _ in translated]), kind
 
-    def _distance_table(self, args: list[exp.Expression], dims: list[int] | None, sub) -> exp.Expression:
-        """ml_distance on PostgreSQL: a lookup in the distance table of its (literal) reference."""
-        ref = _string(args[1])
-        if ref is None or (len(args) == 3 and _string(args[2]) is None):
-            raise ADQLError(
-                "ml_distance: on this archive the reference DID and dims must be literals "
-                "(ml_distance(did, 'ivo://…', '0 3')); their distances are computed before the query runs"
-            )
+    def _distance(self, args: list[exp.Expression], dims: list[int] | None, sub) -> exp.Expression:
+        """ml_distance on PostgreSQL: with a literal reference, a lookup in that reference's distance
+        table; otherwise the latent vectors of both, from the latent table, through
+        ``latentvo_latent_distance`` (the same float64 operations as the Python function)."""
+        if len(args) == 3 and _string(args[2]) is None:
+            raise ADQLError("ml_distance: on this archive dims must be a literal such as '0 3 5'")
         if self.similarity is None:
             raise ADQLError("ml_distance is not available: no model is in service")
+        ref = _string(args[1])
+        did = self._text(sub(args[0])[0])
+        if ref is None:
+            self.latents = True
+            one, other = self._alias(), self._alias()
+            if dims:
+                chosen: exp.Expression = exp.Literal.string(" ".join(str(d) for d in dims))
+            else:
+                chosen = exp.Subquery(
+                    this=exp.Select(
+                        expressions=[_column("dims")], from_=exp.From(this=_temp(SIMILARITY_DIMS_TABLE))
+                    )
+                )
+            distance = _call("latentvo_latent_distance", _column("z", one), _column("z", other), chosen)
+            return exp.Subquery(
+                this=exp.Select(
+                    expressions=[distance],
+                    from_=exp.From(this=_temp(LATENT_TABLE, one)),
+                    joins=[exp.Join(this=_temp(LATENT_TABLE, other))],
+                    where=exp.Where(
+                        this=exp.and_(
+                            exp.EQ(this=_column("did", one), expression=did),
+                            exp.EQ(this=_column("did", other), expression=self._text(sub(args[1])[0])),
+                        )
+                    ),
+                )
+            )
         key = (ref, tuple(dims) if dims else None)
         table = next((t for t in self.distances if (t.ref_did, t.dims) == key), None)
         if table is None:
@@ -1193,16 +1243,50 @@ class _Translator:
         alias = self._alias()
         lookup = exp.Select(
             expressions=[_column("distance", alias)],
-            from_=exp.From(
-                this=exp.Table(
-                    this=_ident(table.name),
-                    db=exp.Identifier(this="pg_temp"),
-                    alias=exp.TableAlias(this=_ident(alias)),
-                )
-            ),
-            where=exp.Where(this=exp.EQ(this=_column("did", alias), expression=self._text(sub(args[0])[0]))),
+            from_=exp.From(this=_temp(table.name, alias)),
+            where=exp.Where(this=exp.EQ(this=_column("did", alias), expression=did)),
         )
         return exp.Subquery(this=lookup)
+
+    def _neighbours(
+        self, args: list[exp.Expression], did: exp.Expression, sub, scope: _Scope
+    ) -> exp.Expression:
+        """ml_knn on PostgreSQL with a reference that is a column of an uploaded table: a lookup in the
+        neighbour table the caller fills for every DID of that column."""
+        k_value = _number(args[2])
+        if k_value is None or (len(args) == 4 and _string(args[3]) is None):
+            raise ADQLError(
+                "ml_knn: on this archive k and dims must be literals (ml_knn(did, ref, 20, '0 3'))"
+            )
+        ref = sub(args[1])[0]
+        upload = _upload_column(ref, scope)
+        if upload is None:
+            raise ADQLError(
+                "ml_knn: on this archive the reference DID must be a literal ('ivo://…') or a column of an "
+                "uploaded table (TAP_UPLOAD.…); the service finds the neighbours before the query runs"
+            )
+        dims = _dims_literal(args[3]) if len(args) == 4 else None
+        table = NeighbourTable(
+            f"latentvo_neighbours_{len(self.neighbours) + 1}",
+            *upload,
+            int(k_value),
+            tuple(dims) if dims else None,
+        )
+        self.neighbours.append(table)
+        alias = self._alias()
+        found = exp.Exists(
+            this=exp.Select(
+                expressions=[exp.Literal.number(1)],
+                from_=exp.From(this=_temp(table.name, alias)),
+                where=exp.Where(
+                    this=exp.and_(
+                        exp.EQ(this=_column("ref", alias), expression=self._text(ref)),
+                        exp.EQ(this=_column("did", alias), expression=self._text(did)),
+                    )
+                ),
+            )
+        )
+        return exp.Case(ifs=[exp.If(this=found, true=exp.Literal.number(1))], default=exp.Literal.number(0))
 
     def _in_circle(self, args: list[exp.Expression], sub) -> exp.Expression | None:
         """CONTAINS(POINT(a, b), CIRCLE(c, d, r)) as one call on plain numbers."""
@@ -1259,17 +1343,14 @@ class _Translator:
             _DOUBLE, unit=target
         )
 
-    def _knn(self, args: list[exp.Expression], sub) -> tuple[exp.Expression, _Kind]:
+    def _knn(self, args: list[exp.Expression], sub, scope: _Scope) -> tuple[exp.Expression, _Kind]:
         if len(args) not in (3, 4):
             raise ADQLError("ml_knn takes (did, ref_did, k [, dims])")
         members = self._knn_members(args)
         did = sub(args[0])[0]
         if members is None:
             if self.engine.postgres:
-                raise ADQLError(
-                    "ml_knn: on this archive the reference DID, k and dims must be literals "
-                    "(ml_knn(did, 'ivo://…', 20)); the service finds the neighbours before the query runs"
-                )
+                return self._neighbours(args, did, sub, scope), _INT
             return _call("ml_knn", did, *[sub(a)[0] for a in args[1:]]), _INT
         inside = exp.In(this=did, expressions=[exp.Literal.string(d) for d in members])
         case = exp.Case(ifs=[exp.If(this=inside, true=exp.Literal.number(1))], default=exp.Literal.number(0))
@@ -1318,6 +1399,29 @@ class _Translator:
 
 _SHAPE_ARGUMENTS = {"CONTAINS", "INTERSECTS", "AREA", "CENTROID", "COORD1", "COORD2"}
 _UNITS = {"DISTANCE": "deg", "AREA": "deg**2", "COORD1": "deg", "COORD2": "deg"}
+
+
+def _temp(name: str, alias: str | None = None) -> exp.Table:
+    """A temporary table of the query session (PostgreSQL's ``pg_temp`` schema)."""
+    return exp.Table(
+        this=_ident(name),
+        db=exp.Identifier(this="pg_temp"),
+        alias=exp.TableAlias(this=_ident(alias)) if alias else None,
+    )
+
+
+def _upload_column(node: exp.Expression, scope: _Scope) -> tuple[str, str] | None:
+    """(table SQL name, column) when ``node`` is a plain column of an uploaded (TAP_UPLOAD) table."""
+    if not isinstance(node, exp.Column) or not node.table:
+        return None
+    level: _Scope | None = scope
+    while level is not None:
+        for source in level.sources:
+            if source.sql_alias == node.table:
+                uploaded = source.physical and source.parts[0].upper() == "TAP_UPLOAD" and source.sql
+                return (source.sql, node.name) if uploaded else None
+        level = level.parent
+    return None
 
 
 def _arity(low: int, high: int) -> str:

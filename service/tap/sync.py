@@ -27,9 +27,12 @@ from service.storage import DatabaseError, QuerySession, QueryStopped
 from service.tables import TableMeta, TableSet
 from service.tap import geometry, upload
 from service.tap.adql import (
+    LATENT_TABLE,
+    SIMILARITY_DIMS_TABLE,
     ADQLError,
     Engine,
     OutputColumn,
+    Translation,
     function_error,
     register_functions,
     translate,
@@ -142,10 +145,7 @@ def run_query(
     if limit == 0:
         rows, overflow = [], True  # MAXREC=0: metadata only, flagged as overflow (DALI-02)
     else:
-        for table in translation.distances:  # ml_distance on PostgreSQL: computed here, read there
-            dids, distances = similarity.distances(table.ref_did, table.dims)
-            rows = zip(dids, distances, strict=True)
-            session.temp_table(table.name, [("did", "text"), ("distance", "double")], rows)
+        similarity_tables(session, translation, similarity)
         function_error()  # forget anything left from an earlier statement on this thread
         try:
             rows, overflow = session.run(translation.sql, translation.limit)
@@ -153,6 +153,30 @@ def run_query(
             raise _query_error(exc, timeout) from None
     columns, cells = result_table(translation.columns, rows)
     return QueryResult(columns, cells, overflow)
+
+
+def similarity_tables(session: QuerySession, translation: Translation, similarity: ModelSimilarity) -> None:
+    """What ``ml_knn`` and ``ml_distance`` read on PostgreSQL, computed here from the model in service
+    (SQLite calls Python for them row by row instead)."""
+    for table in translation.distances:
+        dids, distances = similarity.distances(table.ref_did, table.dims)
+        rows = zip(dids, distances, strict=True)
+        session.temp_table(table.name, [("did", "text"), ("distance", "double")], rows)
+    for table in translation.neighbours:
+        column = '"' + table.column.replace('"', '""') + '"'
+        refs = session.read(f"SELECT DISTINCT {column} FROM {table.source} WHERE {column} IS NOT NULL")
+        pairs = []
+        for (ref,) in refs:
+            try:
+                found = similarity.knn(str(ref), table.k, table.dims)
+            except ValueError as exc:
+                raise ADQLError(f"ml_knn: {exc}") from None
+            pairs += [(str(ref), did) for did in found or ()]
+        session.temp_table(table.name, [("ref", "text"), ("did", "text")], pairs)
+    if translation.latents:
+        dids, vectors, dims = similarity.latent_rows()
+        session.temp_table(LATENT_TABLE, [("did", "text"), ("z", "doubles")], zip(dids, vectors, strict=True))
+        session.temp_table(SIMILARITY_DIMS_TABLE, [("dims", "text")], [(" ".join(map(str, dims)),)])
 
 
 def _query_error(exc: DatabaseError, timeout: float | None) -> DALIError:
@@ -313,6 +337,13 @@ class ModelSimilarity:
             diff = latents[:, d].astype(np.float64) - float(reference[d])
             total += diff * diff
         return list(served.dids), np.sqrt(total).tolist()
+
+    def latent_rows(self) -> tuple[list[str], list[list[float]], list[int]]:
+        """Every encoded spectrum's DID and latent vector (float64, exactly the stored float32 values),
+        and the dimensions the similarity index uses."""
+        served = self.served
+        vectors = np.asarray(served.model.latents, dtype=np.float64).tolist()
+        return list(served.dids), vectors, list(served.model.similarity_dims)
 
     def _check_dims(self, dims: Sequence[int] | None) -> None:
         size = self.served.model.latent_dim

@@ -71,12 +71,12 @@ def postgres_catalog(postgres_server):
     """The same two tables on PostgreSQL, with the archive's ADQL function library."""
     import secrets
 
-    from service.storage.postgres import ADQL_FUNCTIONS, PostgresDatabase
+    from service.storage.postgres import PostgresDatabase
     from tests.postgres import create_database
 
     url = create_database(postgres_server, f"latentvo_adql_{secrets.token_hex(4)}")
-    database = PostgresDatabase(url, schema="jobs")  # the job table only: these tests bring their own
-    database.execute(ADQL_FUNCTIONS.read_text())
+    # The job table and the functions, as the service's own writable open leaves them: no archive tables.
+    database = PostgresDatabase(url, schema="jobs")
     database.execute(
         "CREATE TABLE stars (did TEXT, name TEXT, ra DOUBLE PRECISION, dec DOUBLE PRECISION, "
         'mag DOUBLE PRECISION, kind INTEGER, region TEXT, "size" INTEGER, obs_date TEXT, secret TEXT)'
