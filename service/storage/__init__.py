@@ -9,7 +9,10 @@ lives in the two back-end modules, and the schema comes from ``resources/schema.
 both (:func:`schema_script`).
 
 Functions the SQL of the service uses beyond the standard (``latentvo_sep``, the great-circle
-distance) exist on both engines: registered in Python on SQLite, created in SQL on PostgreSQL.
+distance) exist on both engines: registered in Python on SQLite, created in SQL on PostgreSQL. So do
+the ADQL functions a translated query calls (``service/tap/adql.py``; on PostgreSQL
+``resources/postgres/adql_functions.sql``). A client's query runs in a :class:`QuerySession`:
+read-only, time-limited, with the temporary tables it brings along.
 """
 
 from __future__ import annotations
