@@ -165,22 +165,30 @@ def _table(response: requests.Response) -> list[tuple]:
     return [tuple(row) for row in table], [(c.name, str(c.dtype)) for c in table.columns.values()]
 
 
+def _ask_both(servers, query: str, name: str, table: bytes) -> list[tuple[list[tuple], list]]:
+    """The query, with ``table`` uploaded as TAP_UPLOAD.<name>, through /tap/sync of each server:
+    its rows and FIELDs, once every server has answered 200."""
+    answers = [
+        requests.post(
+            f"{server.url}/tap/sync",
+            data={"LANG": "ADQL", "QUERY": query, "UPLOAD": f"{name},param:{name}"},
+            files={name: (f"{name}.xml", table)},
+            timeout=60,
+        )
+        for server in servers
+    ]
+    assert [a.status_code for a in answers] == [200] * len(servers), answers[-1].text[-600:]
+    return [_table(a) for a in answers]
+
+
 @pytest.mark.parametrize("query", QUERIES)
 def test_adql_answers_alike(live_server, postgres_live_server, archives, query):
     """Each ADQL query on PostgreSQL: the FIELDs SQLite gives, and the same rows (reals to 1e-12)."""
     query = query.format(did=_did(archives))
-    stars = _stars()
-    answers = [
-        requests.post(
-            f"{s.url}/tap/sync",
-            data={"LANG": "ADQL", "QUERY": query, "UPLOAD": "stars,param:stars"},
-            files={"stars": ("stars.xml", stars)},
-            timeout=60,
-        )
-        for s in (live_server, postgres_live_server)
-    ]
-    assert [a.status_code for a in answers] == [200, 200], answers[1].text[-600:]
-    (sqlite_rows, sqlite_fields), (postgres_rows, postgres_fields) = (_table(a) for a in answers)
+    servers = (live_server, postgres_live_server)
+    (sqlite_rows, sqlite_fields), (postgres_rows, postgres_fields) = _ask_both(
+        servers, query, "stars", _stars()
+    )
     assert sqlite_fields == postgres_fields
     assert len(sqlite_rows) == len(postgres_rows) > 0
     for mine, theirs in zip(sqlite_rows, postgres_rows, strict=True):
@@ -231,17 +239,8 @@ def test_similarity_with_column_references_answers_alike(live_server, postgres_l
     tables the service fills from the model; SQLite calls Python per row. The same rows, the same bits."""
     dids = archives[0].latent_dids(archives[0].current_model()["model_version"])
     mine = _dids_table([dids[3], dids[40], "ivo://nowhere/~?x/1", dids[3]])
-    answers = [
-        requests.post(
-            f"{s.url}/tap/sync",
-            data={"LANG": "ADQL", "QUERY": query, "UPLOAD": "mine,param:mine"},
-            files={"mine": ("mine.xml", mine)},
-            timeout=60,
-        )
-        for s in (live_server, postgres_live_server)
-    ]
-    assert [a.status_code for a in answers] == [200, 200], answers[1].text[-600:]
-    (sqlite_rows, sqlite_fields), (postgres_rows, postgres_fields) = (_table(a) for a in answers)
+    servers = (live_server, postgres_live_server)
+    (sqlite_rows, sqlite_fields), (postgres_rows, postgres_fields) = _ask_both(servers, query, "mine", mine)
     assert sqlite_fields == postgres_fields and len(sqlite_rows) > 2
     assert [tuple(str(v) for v in row) for row in sqlite_rows] == [
         tuple(str(v) for v in row) for row in postgres_rows
