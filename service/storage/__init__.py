@@ -167,6 +167,11 @@ class Database(ABC):
         return None if row is None else row[0]
 
 
+def quote_identifier(identifier: str) -> str:
+    """An SQL delimited identifier (the same spelling on both engines)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 def close_connections() -> None:
     """Close every pooled server connection of this process (before a fork: a child must not share them)."""
     postgres = sys.modules.get("service.storage.postgres")

@@ -34,6 +34,7 @@ from service.storage import (
     QueryStopped,
     schema_script,
 )
+from service.storage import quote_identifier as _quote
 
 log = logging.getLogger(__name__)
 
@@ -335,10 +336,6 @@ class PostgresDatabase(Database):
         connection, self.connection = self.connection, None
         if connection is not None:
             self._pool.putconn(connection)
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 class _PostgresQuery(QuerySession):

@@ -16,7 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.storage import Database, DatabaseError, QuerySession, QueryStopped, schema_script
+from service.storage import (
+    Database,
+    DatabaseError,
+    QuerySession,
+    QueryStopped,
+    schema_script,
+)
+from service.storage import quote_identifier as _quote
 
 _TYPES = {"double": "REAL", "integer": "INTEGER", "text": "TEXT"}
 #: Seconds a writer waits for another writer's lock before giving up.
@@ -139,7 +146,7 @@ class SQLiteDatabase(Database):
                 "SELECT name FROM temp.sqlite_master WHERE type = 'table'"
             ).fetchall()
             for (name,) in temporary:
-                self.connection.execute('DROP TABLE temp."{}"'.format(name.replace('"', '""')))
+                self.connection.execute(f"DROP TABLE temp.{_quote(name)}")
         except sqlite3.Error as exc:
             raise DatabaseError(str(exc)) from exc
 
@@ -150,10 +157,6 @@ class SQLiteDatabase(Database):
 def _error(exc: sqlite3.Error) -> DatabaseError:
     message = str(exc)
     return DatabaseError(message, transient="locked" in message or "busy" in message)
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 class _SQLiteQuery(QuerySession):

@@ -23,7 +23,7 @@ from service.datalink import links_descriptor
 from service.errors import DALIError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
-from service.storage import DatabaseError, QuerySession, QueryStopped
+from service.storage import DatabaseError, QuerySession, QueryStopped, quote_identifier
 from service.tables import TableMeta, TableSet
 from service.tap import geometry, upload
 from service.tap.adql import (
@@ -163,7 +163,7 @@ def similarity_tables(session: QuerySession, translation: Translation, similarit
         rows = zip(dids, distances, strict=True)
         session.temp_table(table.name, [("did", "text"), ("distance", "double")], rows)
     for table in translation.neighbours:
-        column = '"' + table.column.replace('"', '""') + '"'
+        column = quote_identifier(table.column)
         refs = session.read(f"SELECT DISTINCT {column} FROM {table.source} WHERE {column} IS NOT NULL")
         pairs = []
         for (ref,) in refs:
