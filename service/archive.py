@@ -47,6 +47,8 @@ SPECTRUM_COLUMNS = (
     "extra_labels",
     "ingested_at",
 )
+#: ml.latent's vector columns (VECTORMATH): posterior means and variances as float32 arrays.
+LATENT_ARRAYS = ("z", "z_var")
 _SAFE_KEY = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -239,6 +241,31 @@ class Archive:
 
     def ensure_latent_columns(self, latent_dim: int) -> None:
         self.db.add_columns("ml_latent", [name for i in range(latent_dim) for name in (f"z{i}", f"z{i}_var")])
+        self.db.add_columns("ml_latent", LATENT_ARRAYS, "floats")
+
+    def fill_latent_arrays(self) -> int:
+        """Give rows written before ml.latent had its arrays (z, z_var) their arrays, from the per-dimension
+        columns; the number of rows filled."""
+        self.db.add_columns("ml_latent", LATENT_ARRAYS, "floats")
+        filled = 0
+        for version, dim in self.db.all(
+            "SELECT m.model_version, m.latent_dim FROM ml_model AS m WHERE EXISTS (SELECT 1 FROM ml_latent "
+            "AS l WHERE l.model_version = m.model_version AND l.z IS NULL)"
+        ):
+            means = ", ".join(f"z{i}" for i in range(dim))
+            variances = ", ".join(f"z{i}_var" for i in range(dim))
+            rows = self.db.all(
+                f"SELECT row_index, {means}, {variances} FROM ml_latent "
+                "WHERE model_version = ? AND z IS NULL",
+                (version,),
+            )
+            updates = [
+                (version, row[0], self.db.pack_floats(row[1 : dim + 1]), self.db.pack_floats(row[dim + 1 :]))
+                for row in rows
+            ]
+            self.db.update_rows("ml_latent", ["model_version", "row_index"], LATENT_ARRAYS, updates)
+            filled += len(updates)
+        return filled
 
     def write_latents(
         self, version: int, dids: Sequence[str], mean: np.ndarray, var: np.ndarray, recon_error: np.ndarray
@@ -247,7 +274,8 @@ class Archive:
         dim = mean.shape[1]
         self.ensure_latent_columns(dim)
         zcols = [f"z{i}" for i in range(dim)] + [f"z{i}_var" for i in range(dim)]
-        cols = ["obs_publisher_did", "model_version", "row_index", "recon_error", *zcols]
+        cols = ["obs_publisher_did", "model_version", "row_index", "recon_error", *zcols, *LATENT_ARRAYS]
+        pack = self.db.pack_floats
         with self.transaction() as db:
             db.execute("DELETE FROM ml_latent WHERE model_version = ?", (version,))
             db.insert_rows(
@@ -255,6 +283,7 @@ class Archive:
                 cols,
                 (
                     (did, version, i, float(recon_error[i]), *mean[i].tolist(), *var[i].tolist())
+                    + (pack(mean[i]), pack(var[i]))
                     for i, did in enumerate(dids)
                 ),
             )

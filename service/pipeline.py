@@ -702,6 +702,7 @@ def build_index(archive: Archive, config: dict, version: int | None = None, prog
         index_recall_at_10=meta.recall_at_k,
         stage="indexed",
     )
+    archive.fill_latent_arrays()  # versions encoded before ml.latent had its arrays
     archive.make_current(version)
     write_tap_schema(archive, tableset_for(latent_model.latent_dim))  # TAP_SCHEMA for the model in service
     return {

@@ -33,7 +33,8 @@ Each TOML file describes one schema::
     to = ["obs_publisher_did"]
 
 A column with ``per_latent_dim = true`` is a template (``z{i}``) repeated for every latent
-dimension of the model in service.
+dimension of the model in service; one with ``latent_array = true`` is an array column whose
+arraysize is the latent size (both are left out while no model is in service).
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def load_tableset(latent_dim: int = 0, directory: Path = TABLES_DIR) -> TableSet
                 spec = dict(spec)
                 if spec.pop("per_latent_dim", False):
                     columns += [_expand(spec, i) for i in range(latent_dim)]
+                elif spec.pop("latent_array", False):
+                    columns += [ColumnMeta(**spec, arraysize=str(latent_dim))] if latent_dim else []
                 else:
                     columns.append(ColumnMeta(**spec))
             keys = [

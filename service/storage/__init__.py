@@ -23,7 +23,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "resources" / "schema.sql"
 #: Where the UWS job table begins in resources/schema.sql (the job store creates that part itself).
@@ -95,7 +98,7 @@ class Database(ABC):
     #: "sqlite" or "postgres": what sqlglot calls the dialect.
     dialect: str
     readonly: bool
-    #: The column type for "double", "integer" and "text" values.
+    #: The column type for "double", "integer" and "text" values, and "floats" (numeric arrays).
     types: dict[str, str]
 
     @abstractmethod
@@ -126,11 +129,16 @@ class Database(ABC):
 
     @abstractmethod
     def column_kinds(self, table: str) -> dict[str, str]:
-        """Column name (lower case) → "double", "integer" or "text", in the table's order."""
+        """Column name (lower case) → "double", "integer", "text" or "floats", in the table's order."""
 
     @abstractmethod
     def add_columns(self, table: str, names: Sequence[str], kind: str = "double") -> None:
-        """Add the columns a table lacks (``kind``: "double", "integer" or "text")."""
+        """Add the columns a table lacks (``kind``: "double", "integer", "text" or "floats")."""
+
+    @abstractmethod
+    def pack_floats(self, values: np.ndarray | Sequence[float], dtype: str = "<f4") -> Any:
+        """A numeric array as a "floats" column holds it (service/storage/arrays.py); read it back
+        with :func:`service.storage.arrays.unpack`."""
 
     #: Extensions the SQL may use beyond the engine's own (PostgreSQL: ``q3c`` where installed).
     extensions: frozenset[str] = frozenset()

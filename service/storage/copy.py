@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from service.storage import Database
+from service.storage import Database, arrays
 
 #: In an order that satisfies the foreign keys (ml_model before what refers to it).
 TABLES = (
@@ -40,8 +40,11 @@ def copy_database(
     """
     if target.scalar("SELECT COUNT(*) FROM spectrum"):
         raise ValueError("the target archive database already holds spectra; copy into an empty one")
-    latent = [c for c in source.columns("ml_latent") if c.startswith("z")]
-    target.add_columns("ml_latent", latent)
+    kinds = source.column_kinds("ml_latent")
+    for kind in ("double", "floats"):
+        target.add_columns(
+            "ml_latent", [c for c, k in kinds.items() if c.startswith("z") and k == kind], kind
+        )
     counts: dict[str, int] = {}
     with target.transaction():
         for table in reversed(TABLES):  # emptied children first (archive_setting, uws_job: any rows)
@@ -77,9 +80,20 @@ def _copy_table(source: Database, target: Database, table: str, columns: list[st
     columns = [c for c in columns if c in have]
     quoted = ", ".join(f'"{c}"' for c in columns)
     rows = source.execute(f"SELECT {quoted} FROM {table}")
+    arrays_at = [i for i, c in enumerate(columns) if source.column_kinds(table)[c] == "floats"]
+    if arrays_at:  # each engine stores arrays its own way
+        rows = (_arrays_for(target, row, arrays_at) for row in rows)
     counted = _Counter(rows)
     target.insert_rows(table, columns, counted)
     return counted.n
+
+
+def _arrays_for(target: Database, row, positions: list[int]) -> tuple:
+    values = list(row)
+    for i in positions:
+        if values[i] is not None:
+            values[i] = target.pack_floats(arrays.unpack(values[i]))  # float32, as stored
+    return tuple(values)
 
 
 class _Counter:

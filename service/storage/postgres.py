@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg.types.numeric import FloatLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -42,11 +43,11 @@ log = logging.getLogger(__name__)
 POOL_SIZE = 16
 #: Seconds to wait for a pooled connection (or for the server) before giving up.
 CONNECT_TIMEOUT = 10.0
-_TYPES = {"double": "DOUBLE PRECISION", "integer": "INTEGER", "text": "TEXT"}
+_TYPES = {"double": "DOUBLE PRECISION", "integer": "INTEGER", "text": "TEXT", "floats": "REAL[]"}
 #: Kinds a query session's temporary tables take: the archive's, and arrays of reals (latent vectors).
 _TEMP_TYPES = _TYPES | {"doubles": "DOUBLE PRECISION[]"}
 _KINDS = {"double precision": "double", "real": "double", "numeric": "double"}
-_KINDS |= {"integer": "integer", "bigint": "integer", "smallint": "integer"}
+_KINDS |= {"integer": "integer", "bigint": "integer", "smallint": "integer", "ARRAY": "floats"}
 #: Quoted literals and identifiers (kept whole), ``?`` placeholders and ``%`` signs.
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?|%")
 _SCHEMA_LOCK = 0x6C61_7465_6E74  # pg_advisory_xact_lock key for creating the schema
@@ -283,6 +284,9 @@ class PostgresDatabase(Database):
             (table.lower(),),
         )
         return {row[0].lower(): _KINDS.get(row[1], "text") for row in rows}
+
+    def pack_floats(self, values: np.ndarray | Sequence[float], dtype: str = "<f4") -> list[float]:
+        return np.asarray(values, dtype=dtype).tolist()
 
     def add_columns(self, table: str, names: Sequence[str], kind: str = "double") -> None:
         have = set(self.columns(table))

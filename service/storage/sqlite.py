@@ -16,16 +16,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from service.storage import (
     Database,
     DatabaseError,
     QuerySession,
     QueryStopped,
+    arrays,
     schema_script,
 )
 from service.storage import quote_identifier as _quote
 
-_TYPES = {"double": "REAL", "integer": "INTEGER", "text": "TEXT"}
+_TYPES = {"double": "REAL", "integer": "INTEGER", "text": "TEXT", "floats": "BLOB"}
 #: Seconds a writer waits for another writer's lock before giving up.
 BUSY_TIMEOUT = 10.0
 #: SQLite virtual-machine steps between two looks at the clock while a client's query runs.
@@ -115,9 +118,12 @@ class SQLiteDatabase(Database):
 
     def column_kinds(self, table: str) -> dict[str, str]:
         quoted = table.replace('"', '""')
-        kinds = {"INTEGER": "integer", "REAL": "double"}
+        kinds = {"INTEGER": "integer", "REAL": "double", "BLOB": "floats"}
         rows = self.connection.execute(f'PRAGMA table_info("{quoted}")')
         return {row[1].lower(): kinds.get(str(row[2]).upper(), "text") for row in rows}
+
+    def pack_floats(self, values: np.ndarray | Sequence[float], dtype: str = "<f4") -> bytes:
+        return arrays.pack(values, dtype)
 
     def add_columns(self, table: str, names: Sequence[str], kind: str = "double") -> None:
         have = set(self.columns(table))

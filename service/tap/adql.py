@@ -39,7 +39,7 @@ from sqlglot.tokens import TokenType
 
 from service.errors import DALIError, UsageError
 from service.tables import ColumnMeta, TableMeta, TableSet
-from service.tap import geometry
+from service.tap import geometry, vectormath
 from service.votable import Column
 
 log = logging.getLogger(__name__)
@@ -496,6 +496,30 @@ def _string(node: exp.Expression | None) -> str | None:
     return node.this if isinstance(node, exp.Literal) and node.is_string else None
 
 
+def _is_vector(kind: _Kind) -> bool:
+    """A numeric array (VECTORMATH), not a geometry (which is an array of numbers too)."""
+    return kind.arraysize is not None and kind.datatype in _NUMBERS and kind.xtype is None
+
+
+def _vector_kind(*kinds: _Kind) -> _Kind:
+    """What arithmetic on arrays gives: float64 components, as many as the longest operand has."""
+    sizes = [k.arraysize for k in kinds if _is_vector(k)]
+    fixed = [int(size) for size in sizes if size.isdigit()]
+    size = str(max(fixed)) if len(fixed) == len(sizes) else "*"
+    units = {k.unit for k in kinds if not k.null}
+    return _Kind("double", size, unit=units.pop() if len(units) == 1 else None)
+
+
+def _scalar(translated: tuple[exp.Expression, _Kind], context: str) -> tuple[exp.Expression, _Kind]:
+    """A translated operand that must be a single value: an array there is the client's mistake."""
+    if _is_vector(translated[1]):
+        raise ADQLError(
+            f"{context} takes single values, not arrays: use an element (z[1]), an array function "
+            "(arr_dot, arr_sum, …) or arr_map(f(x), array)"
+        )
+    return translated
+
+
 def _numeric(*kinds: _Kind) -> _Kind:
     real = [k for k in kinds if not k.null]
     if real and all(k.datatype in _INTEGERS for k in real):
@@ -598,6 +622,8 @@ class _Translator:
         self.distances: list[DistanceTable] = []
         self.neighbours: list[NeighbourTable] = []
         self.latents = False
+        #: arr_map's element, by the alias of the rows that hand it over.
+        self.elements: dict[str, exp.Expression] = {}
 
     def _unbounded(self) -> exp.Limit | None:
         """The LIMIT an OFFSET needs: SQLite takes none without one (-1: no bound); PostgreSQL needs none."""
@@ -833,11 +859,12 @@ class _Translator:
                     raise ADQLError(f"ORDER BY {position}: the query has {len(outputs)} columns")
                 translated = exp.Literal.number(position)
             elif (alias := _output_ref(target, outputs)) is not None:
+                _scalar((alias, next(k for n, k in outputs if n == alias.name)), "ORDER BY")
                 translated = alias
             elif set_operation or scope is None:
                 raise ADQLError(f"ORDER BY of a set operation must name an output column: {target.sql()}")
             else:
-                translated, _ = self.expr(target, scope, outputs)
+                translated, _ = _scalar(self.expr(target, scope, outputs), "ORDER BY")
             desc = bool(item.args.get("desc"))
             ordered.append(exp.Ordered(this=translated, desc=desc, nulls_first=not desc))
         return exp.Order(expressions=ordered)
@@ -1002,22 +1029,37 @@ class _Translator:
             return (inner if isinstance(inner, _ATOMS) else exp.Paren(this=inner)), kind
         if isinstance(node, exp.Neg):
             inner, kind = sub(node.this)
+            if _is_vector(kind):
+                return _call("adql_arr_mul", inner, exp.Literal.number(-1)), _vector_kind(kind)
             return exp.Neg(this=inner), replace(_numeric(kind), unit=kind.unit)
         if isinstance(node, _ARITHMETIC):
             (left, lk), (right, rk) = sub(node.this), sub(node.expression)
+            if _is_vector(lk) or _is_vector(rk):
+                return self._vector_arithmetic(node, (left, lk), (right, rk))
             new = type(node)(**{**node.args, "this": left, "expression": right})
             unit = lk.unit if isinstance(node, exp.Add | exp.Sub) and lk.unit == rk.unit else None
             return new, replace(_numeric(lk, rk), unit=unit)
+        if isinstance(node, exp.Bracket):
+            return self._subscript(node, sub)
+        if isinstance(node, _Element):
+            return self.elements[node.name], _DOUBLE
         if isinstance(node, exp.DPipe):
-            left, right = self._text(sub(node.this)[0]), self._text(sub(node.expression)[0])
+            left = self._text(_scalar(sub(node.this), "||")[0])
+            right = self._text(_scalar(sub(node.expression), "||")[0])
             return exp.DPipe(this=left, expression=right, safe=True), _TEXT
         if isinstance(node, exp.EQ) and (rewritten := self._knn_equals(node, scope, outputs)) is not None:
             return rewritten, _INT
         if isinstance(node, exp.ILike):
-            left, right = self._text(sub(node.this)[0]), self._text(sub(node.expression)[0])
+            left = self._text(_scalar(sub(node.this), "ILIKE")[0])
+            right = self._text(_scalar(sub(node.expression), "ILIKE")[0])
             return exp.Like(this=_call("adql_lower", left), expression=_call("adql_lower", right)), _INT
         if isinstance(node, _PLAIN):
-            args = {k: self._arg(v, sub) for k, v in node.args.items()}
+            check = (
+                (lambda n: sub(n)[0])
+                if isinstance(node, exp.Is)
+                else (lambda n: _scalar(sub(n), "a condition")[0])
+            )
+            args = {k: self._arg(v, check) for k, v in node.args.items()}
             return type(node)(**args), _INT
         if isinstance(node, exp.In):
             return self._in(node, scope, sub), _INT
@@ -1046,17 +1088,17 @@ class _Translator:
         raise ADQLError(f"unsupported ADQL syntax: {node.sql(dialect=ADQL)[:80]!r}")
 
     @staticmethod
-    def _arg(value, sub):
+    def _arg(value, translate):
         if isinstance(value, exp.Expression):
-            return sub(value)[0]
+            return translate(value)
         if isinstance(value, list):
-            return [sub(v)[0] if isinstance(v, exp.Expression) else v for v in value]
+            return [translate(v) if isinstance(v, exp.Expression) else v for v in value]
         return value
 
     def _in(self, node: exp.In, scope: _Scope, sub) -> exp.In:
         if node.args.get("unnest") or node.args.get("field"):
             raise ADQLError("unsupported IN syntax")
-        new = exp.In(this=sub(node.this)[0])
+        new = exp.In(this=_scalar(sub(node.this), "IN")[0])
         if node.args.get("query") is not None:
             inner, outs = self.query(_unwrap(node.args["query"]), scope, scope.ctes)
             if len(outs) != 1:
@@ -1083,7 +1125,7 @@ class _Translator:
         return new, _combine(kinds)
 
     def _cast(self, node: exp.Cast, sub) -> tuple[exp.Expression, _Kind]:
-        inner, kind = sub(node.this)
+        inner, kind = _scalar(sub(node.this), "CAST")
         target: exp.DataType = node.args["to"]
         if target.this in _CAST_TYPES:
             sqlite_type, postgres_type, result = _CAST_TYPES[target.this]
@@ -1126,6 +1168,10 @@ class _Translator:
             translated: exp.Expression = exp.Distinct(expressions=[inner])
         else:
             translated, kind = sub(argument)
+        if _is_vector(kind) and not isinstance(node, exp.Count):
+            if isinstance(argument, exp.Distinct):
+                raise ADQLError(f"{node.key.upper()}(DISTINCT …) takes single values, not arrays")
+            return _call(f"adql_arr_agg_{node.key.lower()}", translated), _vector_kind(kind)
         new = type(node)(this=translated)
         if isinstance(node, exp.Count):
             return new, _LONG
@@ -1146,7 +1192,7 @@ class _Translator:
             sql_name, low, high, rule = _MATH[name]
             if not low <= len(args) <= high:
                 raise ADQLError(f"{name} takes {_arity(low, high)} argument{'s' if high != 1 else ''}")
-            translated = [sub(a) for a in args]
+            translated = [_scalar(sub(a), name) for a in args]
             if rule == "text":
                 translated = [(self._text(t), k) for t, k in translated]
                 kind = _TEXT
@@ -1157,6 +1203,10 @@ class _Translator:
             return _call(sql_name, *[t for t, _ in translated]), kind
         if name in _GEOMETRY_FUNCTIONS:
             return self._geometry(name, args, sub)
+        if name in _VECTOR_FUNCTIONS:
+            return self._vector_function(name, args, sub)
+        if name == "ARR_MAP":
+            return self._map(args, sub)
         if name == "IN_UNIT":
             return self._in_unit(args, sub)
         if name == "ML_KNN":
@@ -1169,6 +1219,84 @@ class _Translator:
                 return self._distance(args, dims, sub), _DOUBLE
             return _call("ml_distance", *[sub(a)[0] for a in args]), _DOUBLE
         raise ADQLError(f"unknown function {node.this!s}")
+
+    # -- VECTORMATH
+
+    def _vector_arithmetic(
+        self, node: exp.Expression, left: tuple, right: tuple
+    ) -> tuple[exp.Expression, _Kind]:
+        """``+ - * /`` with an array on either side: component by component (service/tap/vectormath.py)."""
+        for _, kind in (left, right):
+            if kind.datatype not in _NUMBERS or (kind.arraysize and not _is_vector(kind)):
+                raise ADQLError("arrays combine with arrays and numbers only, not text or geometries")
+        name = {exp.Add: "add", exp.Sub: "sub", exp.Mul: "mul", exp.Div: "div"}[type(node)]
+        return _call(f"adql_arr_{name}", left[0], right[0]), _vector_kind(left[1], right[1])
+
+    def _subscript(self, node: exp.Bracket, sub) -> tuple[exp.Expression, _Kind]:
+        """``a[i]`` (an element, counted from 1) and ``a[lo:hi]`` (a slice, both ends included)."""
+        array, kind = sub(node.this)
+        if not _is_vector(kind):
+            raise ADQLError(f"[…] picks elements of arrays; {node.this.sql(dialect=ADQL)[:60]} is not one")
+        if len(node.expressions) != 1:
+            raise ADQLError("an array takes one index or one slice [lo:hi] at a time")
+        index = node.expressions[0]
+        if not isinstance(index, exp.Slice):
+            return _call("adql_arr_elem", array, self._index(index, sub)), replace(
+                kind, arraysize=None, meta=None
+            )
+        if index.this is None or index.expression is None:
+            raise ADQLError("a slice needs both bounds: a[lo:hi]")
+        low, high = _number(index.this), _number(index.expression)
+        if low is not None and low < 1:
+            raise ADQLError(f"array indexes count from 1; a slice cannot start at {low:g}")
+        size = "*"
+        if low is not None and high is not None:
+            top = min(high, int(kind.arraysize)) if kind.arraysize.isdigit() else high
+            size = str(int(max(0, top - low + 1)))
+        translated = _call(
+            "adql_arr_slice", array, self._index(index.this, sub), self._index(index.expression, sub)
+        )
+        return translated, replace(kind, arraysize=size, meta=None)
+
+    @staticmethod
+    def _index(node: exp.Expression, sub) -> exp.Expression:
+        translated, kind = _scalar(sub(node), "an array index")
+        if kind.datatype not in _INTEGERS and not kind.null:
+            raise ADQLError(f"array indexes are integers: {node.sql(dialect=ADQL)[:60]}")
+        return translated
+
+    def _vector_function(self, name: str, args: list[exp.Expression], sub) -> tuple[exp.Expression, _Kind]:
+        arity, result = _VECTOR_FUNCTIONS[name]
+        if len(args) != arity:
+            raise ADQLError(f"{name.lower()} takes {arity} array{'s' if arity > 1 else ''}")
+        translated = [sub(a) for a in args]
+        for (_, kind), arg in zip(translated, args, strict=True):
+            if not _is_vector(kind) and not kind.null:
+                raise ADQLError(f"{name.lower()} takes arrays; {arg.sql(dialect=ADQL)[:60]} is not one")
+        return _call(f"adql_{name.lower()}", *[t for t, _ in translated]), result
+
+    def _map(self, args: list[exp.Expression], sub) -> tuple[exp.Expression, _Kind]:
+        """``arr_map(f(x), a)``: f applied to every element x of a, in a subquery over a's elements."""
+        if len(args) != 2:
+            raise ADQLError("arr_map takes an expression over x and an array: arr_map(power(10, x), a)")
+        array, kind = sub(args[1])
+        if not _is_vector(kind):
+            raise ADQLError(f"arr_map maps over an array; {args[1].sql(dialect=ADQL)[:60]} is not one")
+        alias = self._alias()
+        postgres = self.engine.postgres
+        self.elements[alias] = _column("x" if postgres else "value", alias)
+        body, body_kind = _scalar(sub(_bind_element(args[0], alias)), "arr_map's expression")
+        if body_kind.datatype not in _NUMBERS and not body_kind.null:
+            raise ADQLError("arr_map's expression must give a number for each element x")
+        template = _MAP_POSTGRES if postgres else _MAP_SQLITE
+        query = template.transform(
+            lambda n: (
+                (body.copy() if n.name == "__body__" else array.copy())
+                if isinstance(n, exp.Column) and n.name in ("__body__", "__array__")
+                else (_ident(alias) if isinstance(n, exp.Identifier) and n.name == "__rows__" else n)
+            )
+        )
+        return exp.Subquery(this=query), replace(kind, datatype="double", unit=None, meta=None)
 
     def _geometry(self, name: str, args: list[exp.Expression], sub) -> tuple[exp.Expression, _Kind]:
         counts, result = _GEOMETRY_FUNCTIONS[name]
@@ -1396,6 +1524,53 @@ class _Translator:
             raise ADQLError(f"ml_knn: unknown reference DID {ref!r} (not in the archive or not encoded)")
         return members
 
+
+class _Element(exp.Expression):
+    """arr_map's ``x`` in the expression it maps: the element of the rows named ``this``."""
+
+    arg_types = {"this": True}
+
+
+def _bind_element(node: exp.Expression, alias: str) -> exp.Expression:
+    """``node`` with every unqualified ``x`` the element of ``alias`` (not inside a nested arr_map's own
+    expression, whose ``x`` is its own)."""
+    ident = node.this if isinstance(node, exp.Column) and not node.table else None
+    if isinstance(ident, exp.Identifier) and ident.name.lower() == "x" and not ident.quoted:
+        return _Element(this=alias)
+    nested = isinstance(node, exp.Anonymous) and str(node.this).upper() == "ARR_MAP"
+    args = {}
+    for key, value in node.args.items():
+        if isinstance(value, exp.Expression):
+            args[key] = _bind_element(value, alias)
+        elif isinstance(value, list):
+            args[key] = [
+                v if not isinstance(v, exp.Expression) or (nested and i == 0) else _bind_element(v, alias)
+                for i, v in enumerate(value)
+            ]
+        else:
+            args[key] = value
+    return type(node)(**args)
+
+
+#: VECTORMATH functions of arrays: name → (number of arrays, result).
+_VECTOR_FUNCTIONS: dict[str, tuple[int, _Kind]] = {
+    "ARR_DOT": (2, _DOUBLE),
+    "ARR_COUNT": (1, _LONG),
+    "ARR_SUM": (1, _DOUBLE),
+    "ARR_AVG": (1, _DOUBLE),
+    "ARR_MIN": (1, _DOUBLE),
+    "ARR_MAX": (1, _DOUBLE),
+}
+#: arr_map on each engine: __body__ (the expression, over the element) for every element of __array__.
+_MAP_SQLITE = sqlglot.parse_one(
+    "SELECT adql_arr_collect(__rows__.key, __body__) FROM json_each(adql_arr_json(__array__)) AS __rows__",
+    read="sqlite",
+)
+_MAP_POSTGRES = sqlglot.parse_one(
+    "SELECT COALESCE(ARRAY_AGG(__body__ ORDER BY __rows__.o), CAST(ARRAY[] AS DOUBLE PRECISION[])) "
+    "FROM UNNEST(CAST(__array__ AS DOUBLE PRECISION[])) WITH ORDINALITY AS __rows__(x, o)",
+    read="postgres",
+)
 
 _SHAPE_ARGUMENTS = {"CONTAINS", "INTERSECTS", "AREA", "CENTROID", "COORD1", "COORD2"}
 _UNITS = {"DISTANCE": "deg", "AREA": "deg**2", "COORD1": "deg", "COORD2": "deg"}
@@ -1741,6 +1916,7 @@ def register_functions(conn: sqlite3.Connection, similarity: SimilarityHooks | N
         conn.create_function(name, nargs, wrapped, deterministic=True)
     conn.create_function("adql_rand", -1, _captured("RAND", _rand))
     geometry.register(conn, wrap=lambda f: _captured(f.__name__.replace("sql_", "").upper(), f))
+    vectormath.register(conn, wrap=_captured)
     knn, distance = _similarity_functions(similarity)
     conn.create_function("ml_knn", -1, _captured("ml_knn", knn), deterministic=True)
     conn.create_function("ml_distance", -1, _captured("ml_distance", distance), deterministic=True)

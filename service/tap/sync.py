@@ -23,7 +23,7 @@ from service.datalink import links_descriptor
 from service.errors import DALIError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
-from service.storage import DatabaseError, QuerySession, QueryStopped, quote_identifier
+from service.storage import DatabaseError, QuerySession, QueryStopped, arrays, quote_identifier
 from service.tables import TableMeta, TableSet
 from service.tap import geometry, upload
 from service.tap.adql import (
@@ -239,6 +239,8 @@ def _dali(column: Column, value):
         return value.strip().replace(" ", "T").removesuffix("Z")
     if column.datatype == "boolean" and isinstance(value, int):
         return bool(value)
+    if column.arraysize and column.datatype in ("float", "double") and isinstance(value, bytes | list):
+        return arrays.unpack(value)  # a vector (VECTORMATH): a SQLite BLOB or a PostgreSQL array
     if isinstance(value, bytes):
         return value.hex()
     return value
@@ -250,6 +252,11 @@ def _fit(column: Column, values: list) -> list:
     if column.datatype in ("char", "unicodeChar"):
         if any(not isinstance(v, str) for v in present):
             return [None if v is None else str(v) for v in values]
+        return values
+    if column.arraysize and column.xtype is None and column.datatype in ("float", "double"):
+        size = column.arraysize.rstrip("*")
+        if size and any(len(v) != int(size) for v in present):  # vectors of another model version
+            column.arraysize = "*"
         return values
     if column.arraysize or column.datatype == "boolean":
         return values

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.archive import Archive
-from service.storage import DatabaseError, describe, is_server_url, open_database
+from service.storage import DatabaseError, arrays, describe, is_server_url, open_database
 from service.storage.copy import TABLES
 from service.storage.postgres import postgres_ddl
 from service.storage.sqlite import great_circle_degrees
@@ -128,10 +128,29 @@ def test_latent_columns_are_added_once_and_hold_the_matrix(tmp_path, database_lo
     for _ in range(2):  # rewriting a version replaces its rows
         archive.write_latents(1, dids, mean, var, np.array([0.5, 0.25]))
     columns = archive.db.columns("ml_latent")
-    assert [c for c in columns if c.startswith("z")] == ["z0", "z0_var", "z1", "z1_var", "z2", "z2_var"]
+    assert [c for c in columns if c.startswith("z")] == [
+        "z0",
+        "z0_var",
+        "z1",
+        "z1_var",
+        "z2",
+        "z2_var",
+        "z",
+        "z_var",
+    ]
     assert archive.latent_dids(1) == dids and archive.row_of(1, dids[1]) == 1
     stored = archive.db.all("SELECT z0, z1, z2 FROM ml_latent ORDER BY row_index")
     np.testing.assert_array_equal(np.array([tuple(r) for r in stored]), mean)
+    # The arrays (float32), also when filled in later for rows written before they existed.
+    for filled in (0, 2):
+        if filled:
+            archive.db.execute("UPDATE ml_latent SET z = NULL, z_var = NULL")
+        assert archive.fill_latent_arrays() == filled
+        vectors = archive.db.all("SELECT z, z_var FROM ml_latent ORDER BY row_index")
+        np.testing.assert_array_equal(
+            np.array([arrays.unpack(r[0]) for r in vectors]).astype(np.float32), mean.astype(np.float32)
+        )
+        np.testing.assert_array_equal(np.array([arrays.unpack(r[1]) for r in vectors]), var)
     archive.make_current(1)
     assert archive.current_model()["model_version"] == 1
     archive.close()

@@ -236,7 +236,11 @@ def test_ml_latent_has_one_pair_of_columns_per_latent_dimension(db):
     latent_dim = db.execute("SELECT latent_dim FROM ml_model WHERE is_current = 1").fetchone()[0]
     names = [c["column_name"] for c in columns_of(db, "ml.latent")]
     assert [n for n in names if re.fullmatch(r"z\d+", n)] == [f"z{i}" for i in range(latent_dim)]
-    assert [n for n in names if n.endswith("_var")] == [f"z{i}_var" for i in range(latent_dim)]
+    assert [n for n in names if re.fullmatch(r"z\d+_var", n)] == [f"z{i}_var" for i in range(latent_dim)]
+    arrays = {c["column_name"]: c for c in columns_of(db, "ml.latent") if c["column_name"] in ("z", "z_var")}
+    assert {(c["datatype"], c["arraysize"], c["size"]) for c in arrays.values()} == {
+        ("float", str(latent_dim), latent_dim)
+    }
 
 
 def test_tables_endpoint_agrees_with_tap_schema(db, live_server):
