@@ -201,6 +201,27 @@ class NeighbourTable:
     dims: tuple[int, ...] | None
 
 
+@dataclass
+class VectorSearch:
+    """``ORDER BY arr_dot(l.z - r.z, l.z - r.z)`` (or over one slice of z) for one reference row r: the
+    query ``sql`` the caller may run instead of the translation's own, which reads only the candidate
+    rows of l that exact search over the memory-mapped latent matrix finds nearest the reference.
+
+    The caller runs ``reference_sql`` (the reference's model version and z; the plan holds only when
+    it gives exactly one row), puts the ``k`` rows nearest it along ``dims`` (model_version,
+    row_index) in the temporary table ``table``, and runs ``sql``: the same rows as the
+    translation's own SQL, which computes the distance of every row. ``same_version``: the query
+    restricts l to the reference's model version (else l must hold that version only).
+    """
+
+    reference_sql: str
+    dims: list[int] | None
+    table: str
+    same_version: bool
+    k: int = 0
+    sql: str = ""
+
+
 #: On PostgreSQL: every encoded spectrum's latent vector (``did``, ``z``), for ``ml_distance`` with a
 #: reference that is no literal, and the similarity dimensions it uses by default (``dims``, text).
 LATENT_TABLE = "latentvo_latent"
@@ -217,6 +238,8 @@ class Translation:
     distances: list[DistanceTable] = field(default_factory=list)
     neighbours: list[NeighbourTable] = field(default_factory=list)
     latents: bool = False
+    #: The exact-search plan of an ORDER BY over an arr_dot distance, where the query has that shape.
+    vector_search: VectorSearch | None = None
 
 
 class SimilarityHooks(Protocol):
@@ -252,12 +275,20 @@ def translate(
         with _recursion_headroom():
             root = parse(adql)
             translator = _Translator(tables, similarity, engine)
+            translator.top_select = root
             top = _top(root)
             sql_node, outputs = translator.query(root, None, {})
             limit = maxrec if top is None else min(top, maxrec)
             fetch = top if top is not None and top <= maxrec else maxrec + 1
             sql_node.set("limit", exp.Limit(expression=exp.Literal.number(fetch)))
             sql = sql_node.sql(dialect=engine.dialect)
+            search = translator.vector_search
+            if search is not None:
+                offset = sql_node.args.get("offset")
+                search.k = fetch + (int(offset.expression.this) if offset is not None else 0) + _SEARCH_MARGIN
+                fast = sql_node.copy()
+                fast.set("where", exp.Where(this=exp.and_(translator.candidates, fast.args["where"].this)))
+                search.sql = fast.sql(dialect=engine.dialect)
     except DALIError:
         raise
     except _ServiceFault as fault:
@@ -271,7 +302,9 @@ def translate(
         log.warning("ADQL translation failed on %r", adql[:200], exc_info=True)
         raise ADQLError("the query uses a construct this service cannot translate; simplify it") from None
     columns = [OutputColumn.of(n, k) for n, k in outputs]
-    return Translation(sql, columns, limit, translator.distances, translator.neighbours, translator.latents)
+    return Translation(
+        sql, columns, limit, translator.distances, translator.neighbours, translator.latents, search
+    )
 
 
 def tokenize(adql: str) -> list[tokens.Token]:
@@ -624,6 +657,10 @@ class _Translator:
         self.latents = False
         #: arr_map's element, by the alias of the rows that hand it over.
         self.elements: dict[str, exp.Expression] = {}
+        #: The query as the client wrote it, and its exact-search plan if it has the shape for one.
+        self.top_select: exp.Expression | None = None
+        self.vector_search: VectorSearch | None = None
+        self.candidates: exp.Expression | None = None
 
     def _unbounded(self) -> exp.Limit | None:
         """The LIMIT an OFFSET needs: SQLite takes none without one (-1: no bound); PostgreSQL needs none."""
@@ -795,6 +832,8 @@ class _Translator:
             new.set("offset", exp.Offset(expression=exp.Literal.number(offset)))
             if new.args.get("limit") is None:
                 new.set("limit", self._unbounded())
+        if node is self.top_select:
+            self._plan_vector_search(node, scope)
         return new, outputs
 
     def _items(
@@ -1222,6 +1261,86 @@ class _Translator:
 
     # -- VECTORMATH
 
+    def _plan_vector_search(self, node: exp.Select, scope: _Scope) -> None:
+        """Recognise ``ORDER BY arr_dot(l.z - r.z, l.z - r.z)`` (same slice of z on both sides, either
+        order) over ``ml.latent AS l, ml.latent AS r`` where every condition is on r alone, or ties l to
+        r's model version: then the nearest rows can come from exact search (:class:`VectorSearch`)."""
+        order = node.args.get("order")
+        if order is None or order.expressions[0].args.get("desc") or node.args.get("distinct"):
+            return
+        if node.args.get("group") or node.args.get("having") or node.find(exp.AggFunc):
+            return
+        latent = self.tables.table("ml.latent")
+        sources = scope.sources
+        if latent is None or len(sources) != 2 or any(s.sql != latent.sql for s in sources):
+            return
+        joins = node.args.get("joins") or []
+        if any(j.args.get("side") or j.args.get("method") or j.args.get("using") for j in joins):
+            return
+        key = order.expressions[0].this
+        if isinstance(key, exp.Column) and not key.table:
+            aliased = [e.this for e in node.expressions if isinstance(e, exp.Alias) and e.alias == key.name]
+            key = aliased[0] if aliased else key
+        found = _distance_shape(key)
+        if found is None:
+            return
+        (first, second), window = found
+        owners = {id(self._owner(c, sources)) for c in (first, second)}
+        if owners != {id(s) for s in sources}:
+            return
+        conditions = [c for j in joins if j.args.get("on") is not None for c in _conjuncts(j.args["on"])]
+        if node.args.get("where"):
+            conditions += list(_conjuncts(node.args["where"].this))
+        on_reference: list[exp.Expression] = []
+        referenced: set[int] = set()
+        same_version = False
+        for condition in conditions:
+            columns = list(condition.find_all(exp.Column))
+            if (
+                condition.find(exp.Select)
+                or not columns
+                or any(self._owner(c, sources) is None for c in columns)
+            ):
+                return
+            if _ties_versions(condition):
+                same_version = True
+                continue
+            found = {id(self._owner(c, sources)) for c in columns}
+            if len(found) != 1:
+                return
+            referenced |= found
+            on_reference.append(condition)
+        if len(referenced) != 1:
+            return  # no reference row chosen, or conditions on the rows ranked too
+        r_source = next(s for s in sources if id(s) in referenced)
+        l_source = next(s for s in sources if s is not r_source)
+        r_alias = _ident(r_source.sql_alias)
+        reference = exp.select(
+            exp.Column(this=_ident("model_version"), table=r_alias.copy()),
+            exp.Column(this=_ident("z"), table=r_alias.copy()),
+        ).from_(exp.Table(this=_ident(latent.sql), alias=exp.TableAlias(this=r_alias.copy())))
+        reference = reference.where(exp.and_(*[self.expr(c, scope)[0] for c in on_reference])).limit(2)
+        name = f"latentvo_candidates_{self.counter}"
+        rows = exp.select("model_version", "row_index").from_(
+            exp.Table(this=_ident(name), db=_ident("pg_temp" if self.engine.postgres else "temp"))
+        )
+        l_alias = l_source.sql_alias
+        self.candidates = exp.In(
+            this=exp.Tuple(expressions=[_column("model_version", l_alias), _column("row_index", l_alias)]),
+            query=exp.Subquery(this=rows),
+        )
+        dims = None if window is None else list(range(window[0] - 1, window[1]))
+        self.vector_search = VectorSearch(
+            reference.sql(dialect=self.engine.dialect), dims, name, same_version
+        )
+
+    @staticmethod
+    def _owner(column: exp.Column, sources: list[_Source]) -> _Source | None:
+        """The source a qualified column belongs to (unqualified: None, as both sources have every name)."""
+        qualifier = _qualifier(column)
+        named = [s for s in sources if qualifier and s.named(qualifier) and s.column(column.this)]
+        return named[0] if len(named) == 1 else None
+
     def _vector_arithmetic(
         self, node: exp.Expression, left: tuple, right: tuple
     ) -> tuple[exp.Expression, _Kind]:
@@ -1550,6 +1669,60 @@ def _bind_element(node: exp.Expression, alias: str) -> exp.Expression:
         else:
             args[key] = value
     return type(node)(**args)
+
+
+#: Candidates beyond the rows asked for, so that rounding between numpy and SQL never loses a row.
+_SEARCH_MARGIN = 16
+
+
+def _distance_shape(
+    key: exp.Expression,
+) -> tuple[tuple[exp.Column, exp.Column], tuple[int, int] | None] | None:
+    """For ``arr_dot(A - B, A - B)`` with A and B ``x.z`` or ``x.z[lo:hi]`` (the same literal slice): the
+    two columns, and the slice (None for all of z)."""
+    if not (
+        isinstance(key, exp.Anonymous) and str(key.this).upper() == "ARR_DOT" and len(key.expressions) == 2
+    ):
+        return None
+    first, second = (_unwrap_parens(e) for e in key.expressions)
+    if first != second or not isinstance(first, exp.Sub):
+        return None
+    sides = [_latent_part(_unwrap_parens(e)) for e in (first.this, first.expression)]
+    if None in sides or sides[0][1] != sides[1][1]:  # type: ignore[index]
+        return None
+    return (sides[0][0], sides[1][0]), sides[0][1]  # type: ignore[index]
+
+
+def _latent_part(node: exp.Expression) -> tuple[exp.Column, tuple[int, int] | None] | None:
+    window = None
+    if (
+        isinstance(node, exp.Bracket)
+        and len(node.expressions) == 1
+        and isinstance(node.expressions[0], exp.Slice)
+    ):
+        low, high = _number(node.expressions[0].this), _number(node.expressions[0].expression)
+        if low is None or high is None or low != int(low) or high != int(high) or not 1 <= low <= high:
+            return None
+        window, node = (int(low), int(high)), node.this
+    if isinstance(node, exp.Column) and node.name.lower() == "z" and node.table:
+        return node, window
+    return None
+
+
+def _unwrap_parens(node: exp.Expression) -> exp.Expression:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
+
+
+def _ties_versions(condition: exp.Expression) -> bool:
+    """``l.model_version = r.model_version``: two qualified model_version columns, equal."""
+    return (
+        isinstance(condition, exp.EQ)
+        and all(isinstance(side, exp.Column) and side.table and side.name.lower() == "model_version"
+                for side in (condition.this, condition.expression))
+        and condition.this.table != condition.expression.table
+    )  # fmt: skip
 
 
 #: VECTORMATH functions of arrays: name → (number of arrays, result).

@@ -76,6 +76,17 @@ _DIMS = (
     " Only the latent dimensions listed in dims count: a space-separated list of dimension "
     "numbers such as '1 2' (the columns z1, z2 of ml.latent), for 'similar in these respects only'."
 )
+#: GAVO's extension keywords (as DaCHS declares them): VECTORMATH, computing with array columns.
+EXTRA_KEYWORDS = "ivo://org.gavo.dc/std/exts#extra-adql-keywords"
+VECTORMATH = (
+    "You can compute with vectors here (the arrays ml.latent.z and ml.latent.z_var): see "
+    "https://wiki.ivoa.net/twiki/bin/view/IVOA/ADQLVectorMath. Elements a[i] and slices a[lo:hi] "
+    "(counted from 1, both ends included; NULL outside the array); + - * / component by component "
+    "between arrays (the shorter padded with NaN) and with numbers; arr_dot(a, b), arr_count(a), "
+    "arr_sum(a), arr_avg(a), arr_min(a), arr_max(a); arr_map(f(x), a) applies f to every element x; "
+    "SUM, AVG, MIN, MAX of an array over rows work component by component. An ORDER BY over "
+    "arr_dot(l.z - r.z, l.z - r.z) for one reference row r is answered by exact search."
+)
 #: User-defined functions (features-udf): form and description.
 UDFS: tuple[tuple[str, str], ...] = (
     ("ml_knn(did VARCHAR, ref_did VARCHAR, k INTEGER) -> INTEGER", _KNN + _DEFAULT_DIMS),
@@ -136,8 +147,9 @@ def tap_capability(config: dict) -> ET.Element:
     vosi.sub(
         language,
         "description",
-        "ADQL 2.1 (2.0 queries run unchanged) over SQLite, with geometry on the sphere and the "
-        "latent-space similarity functions ml_knn and ml_distance.",
+        "ADQL 2.1 (2.0 queries run unchanged) over SQLite or PostgreSQL, with geometry on the sphere, "
+        "the latent-space similarity functions ml_knn and ml_distance, and vector math (VECTORMATH) "
+        "on the latent vectors.",
     )
     for feature_type, forms in LANGUAGE_FEATURES.items():
         features = vosi.sub(language, "languageFeatures", type=feature_type)
@@ -148,6 +160,9 @@ def tap_capability(config: dict) -> ET.Element:
         feature = vosi.sub(udfs, "feature")
         vosi.sub(feature, "form", form)
         vosi.sub(feature, "description", description)
+    feature = vosi.sub(vosi.sub(language, "languageFeatures", type=EXTRA_KEYWORDS), "feature")
+    vosi.sub(feature, "form", "VECTORMATH")
+    vosi.sub(feature, "description", VECTORMATH)
     for spec in OUTPUT_FORMATS:
         output = vosi.sub(element, "outputFormat", ivo_id=spec.ivo_id)
         vosi.sub(output, "mime", spec.mime)

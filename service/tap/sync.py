@@ -18,6 +18,7 @@ import numpy as np
 from astropy.io.votable.tree import Resource, VOTableFile
 from flask import Response, request
 
+from model.similarity import exact_search
 from service.dali import OutputFormat, maxrec, output_format, write_result
 from service.datalink import links_descriptor
 from service.errors import DALIError, UsageError
@@ -33,6 +34,7 @@ from service.tap.adql import (
     Engine,
     OutputColumn,
     Translation,
+    VectorSearch,
     function_error,
     register_functions,
     translate,
@@ -146,9 +148,14 @@ def run_query(
         rows, overflow = [], True  # MAXREC=0: metadata only, flagged as overflow (DALI-02)
     else:
         similarity_tables(session, translation, similarity)
+        sql = translation.sql
+        if translation.vector_search is not None and nearest_candidates(
+            session, translation.vector_search, similarity
+        ):
+            sql = translation.vector_search.sql
         function_error()  # forget anything left from an earlier statement on this thread
         try:
-            rows, overflow = session.run(translation.sql, translation.limit)
+            rows, overflow = session.run(sql, translation.limit)
         except DatabaseError as exc:
             raise _query_error(exc, timeout) from None
     columns, cells = result_table(translation.columns, rows)
@@ -177,6 +184,40 @@ def similarity_tables(session: QuerySession, translation: Translation, similarit
         dids, vectors, dims = similarity.latent_rows()
         session.temp_table(LATENT_TABLE, [("did", "text"), ("z", "doubles")], zip(dids, vectors, strict=True))
         session.temp_table(SIMILARITY_DIMS_TABLE, [("dims", "text")], [(" ".join(map(str, dims)),)])
+
+
+def nearest_candidates(session: QuerySession, search: VectorSearch, similarity: ModelSimilarity) -> bool:
+    """Fill the candidate table of an ``ORDER BY arr_dot(…)`` query by exact search over the memory-mapped
+    latent matrix; False (run the query row by row) where that matrix cannot answer it: no single
+    reference row, or rows of a model version other than the one in service."""
+    try:
+        references = session.read(search.reference_sql)
+    except DatabaseError:
+        return False  # the query itself will say what is wrong
+    if len(references) != 1 or references[0][1] is None:
+        return False
+    version, vector = references[0][0], arrays.unpack(references[0][1])
+    try:
+        served = similarity.served
+    except DALIError:  # no model in service (yet): the query runs row by row
+        return False
+    latents = served.model.latents
+    if served.version != version or len(vector) != latents.shape[1]:
+        return False
+    if not search.same_version and session.read(
+        f"SELECT 1 FROM ml_latent WHERE model_version <> {int(version)} LIMIT 1"
+    ):
+        return False
+    dims = None if search.dims is None else [d for d in search.dims if d < latents.shape[1]]
+    if dims == []:
+        return False
+    rows, _ = exact_search(latents, vector, min(search.k, len(latents)), dims=dims)
+    session.temp_table(
+        search.table,
+        [("model_version", "integer"), ("row_index", "integer")],
+        [(version, int(r)) for r in rows],
+    )
+    return True
 
 
 def _query_error(exc: DatabaseError, timeout: float | None) -> DALIError:

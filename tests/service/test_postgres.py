@@ -18,7 +18,7 @@ from pyvo.dal import SSAService
 
 from service.archive import Archive
 from service.ssap import SSAQuery, conditions
-from service.storage import DatabaseError, QueryStopped
+from service.storage import DatabaseError, QueryStopped, arrays
 from tests.service.test_storage import _spectrum
 
 SPECTRUM = (
@@ -373,7 +373,10 @@ def test_copy_database_moves_a_sqlite_archive_to_postgresql(tmp_path, live_serve
     target = open_database(postgres_url, root, readonly=True)
     for table in [t for t in TABLES if t != "archive_setting"] + list(TAP_SCHEMA_TABLES):
         columns = ", ".join(f'"{c}"' for c in source.columns(table))
-        rows = [sorted(tuple(r) for r in db.all(f"SELECT {columns} FROM {table}")) for db in (source, target)]
+        rows = [
+            sorted(tuple(_comparable(v) for v in r) for r in db.all(f"SELECT {columns} FROM {table}"))
+            for db in (source, target)
+        ]
         assert rows[0] == rows[1], table
     archive = Archive(root, postgres_url)
     archive.upsert_spectra([_spectrum("ivo://x/~?test/after-the-copy")])
@@ -383,6 +386,13 @@ def test_copy_database_moves_a_sqlite_archive_to_postgresql(tmp_path, live_serve
     assert again.returncode == 2 and "already holds spectra" in again.stderr
     source.close()
     target.close()
+
+
+def _comparable(value):
+    """A cell as both engines give it: arrays (SQLite BLOBs, PostgreSQL lists) as their float32 values."""
+    if isinstance(value, bytes | list):
+        return tuple(arrays.unpack(value).astype(np.float32).tolist())
+    return value
 
 
 def test_taplint_reports_no_errors_or_failures_on_postgresql(postgres_live_server):

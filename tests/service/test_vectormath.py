@@ -235,3 +235,108 @@ def test_the_arrays_are_declared_with_the_latent_size():
     assert [(c.datatype, c.arraysize) for c in outputs] == [
         ("float", "5"), ("float", "3"), ("float", "2"), ("double", "5"), ("double", "5"), ("float", None)
     ]  # fmt: skip
+
+
+# -- through the service: the demo archive and its trained model ---------------------------------
+
+DISTANCE_QUERY = (
+    "SELECT TOP {k} l.obs_publisher_did, arr_dot(l.z[2:4] - r.z[2:4], l.z[2:4] - r.z[2:4]) AS d2 "
+    "FROM ml.latent AS l, ml.latent AS r WHERE r.obs_publisher_did = '{did}'{extra} ORDER BY d2"
+)
+
+
+def _reference(live_server) -> str:
+    return f"ivo://{live_server.config['archive']['authority']}/~?miles/m0005"
+
+
+def test_order_by_arr_dot_is_answered_by_exact_search(live_server):
+    """The fast path reads only the rows exact search finds nearest, and answers as row by row does."""
+    from model.similarity import exact_search
+    from service.state import state
+    from service.tap.schema import current_tableset
+    from service.tap.sync import ModelSimilarity, nearest_candidates
+
+    with live_server.app.app_context():
+        archive = state().archive()
+        tables = current_tableset(archive)
+        similarity = ModelSimilarity()
+        served = similarity.served
+        reference = _reference(live_server)
+        translation = translate(DISTANCE_QUERY.format(k=15, did=reference, extra=""), tables, 1000)
+        search = translation.vector_search
+        assert search is not None and search.dims == [1, 2, 3]
+        prepare = lambda connection: register_functions(connection, similarity)  # noqa: E731
+        with archive.db.query_session(60, None, prepare) as session:
+            assert nearest_candidates(session, search, similarity)
+            fast, _ = session.run(search.sql, translation.limit)
+            slow, _ = session.run(translation.sql, translation.limit)
+        rows, distances = exact_search(
+            served.model.latents, served.model.latents[served.row_of(reference)], 15, [1, 2, 3]
+        )
+    assert [r[0] for r in fast] == [r[0] for r in slow] == [served.dids[int(r)] for r in rows]
+    np.testing.assert_allclose([r[1] for r in fast], [r[1] for r in slow], rtol=0, atol=0)
+    np.testing.assert_allclose(np.sqrt([r[1] for r in fast]), distances, rtol=1e-6)
+    assert fast[0][0] == reference and fast[0][1] == 0.0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        DISTANCE_QUERY.replace("ORDER BY d2", "ORDER BY d2 DESC"),
+        DISTANCE_QUERY.replace("{extra}", " AND l.anomaly_score < 3{extra}"),
+        DISTANCE_QUERY.replace("r.obs_publisher_did = '{did}'", "l.obs_publisher_did = r.obs_publisher_did"),
+        DISTANCE_QUERY.replace("l.z[2:4] - r.z[2:4], l.z[2:4]", "l.z[2:4] - r.z[2:4], l.z[1:3]"),
+        DISTANCE_QUERY.replace("FROM ml.latent AS l,", "FROM ml.latent AS l LEFT JOIN"),
+    ],
+)
+def test_other_shapes_run_row_by_row(query):
+    translation = translate(query.format(k=5, did="ivo://x/~?a", extra=""), TABLES, 10)
+    assert translation.vector_search is None
+
+
+def test_the_version_tie_keeps_the_fast_path():
+    query = DISTANCE_QUERY.format(k=5, did="ivo://x/~?a", extra=" AND l.model_version = r.model_version")
+    search = translate(query, TABLES, 10).vector_search
+    assert search is not None and search.same_version
+
+
+@pytest.mark.parametrize("fmt", ["votable", "votable/b2"])
+def test_arrays_reach_pyvo_and_stilts(live_server, tmp_path, fmt):
+    import subprocess
+
+    import pyvo
+    import requests
+
+    query = (
+        "SELECT TOP 5 l.obs_publisher_did, l.z, l.z_var, l.z[2:4] - r.z[2:4] AS diff, "
+        "arr_dot(l.z[2:4] - r.z[2:4], l.z[2:4] - r.z[2:4]) AS d2 FROM ml.latent AS l, ml.latent AS r "
+        f"WHERE r.obs_publisher_did = '{_reference(live_server)}' ORDER BY d2"
+    )
+    table = pyvo.dal.TAPService(live_server.url + "/tap").run_sync(query, format=fmt).to_table()
+    size = len(table["z"][0])
+    assert size >= 3 and table["z"].dtype == np.float32 and table["diff"].shape == (5, 3)
+    np.testing.assert_allclose(
+        table["d2"], np.sum(np.asarray(table["diff"], dtype=np.float64) ** 2, axis=1), rtol=1e-12
+    )
+    assert np.all(np.asarray(table["diff"])[0] == 0)  # the reference itself comes first
+    response = requests.post(
+        live_server.url + "/tap/sync",
+        data={"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query, "RESPONSEFORMAT": fmt},
+        timeout=60,
+    )
+    path = tmp_path / "result.vot"
+    path.write_bytes(response.content)
+    out = subprocess.run(
+        ["stilts", "tpipe", f"in={path}", "cmd=keepcols 'z diff'; addcol n size(z); addcol first z[0]",
+         "ofmt=csv"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 6 and lines[0].split(",")[-2:] == ["n", "first"]
+    for line, z in zip(lines[1:], np.asarray(table["z"]), strict=True):
+        n, first = line.split(",")[-2:]
+        assert int(n) == size and np.float32(first) == z[0]
+    from tests import stilts
+
+    assert stilts.votlint_content(response.content, fmt).ok

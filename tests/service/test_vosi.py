@@ -32,7 +32,7 @@ KNOWN_FEATURE_TYPES = {
         "udf", "adqlgeo", "adql-string", "adql-offset", "adql-type", "adql-unit",
         "adql-conditional", "adql-sets", "adql-common-table",
     )
-}  # fmt: skip
+} | {"ivo://org.gavo.dc/std/exts#extra-adql-keywords"}  # fmt: skip
 UDF_FORM = re.compile(r"^[a-z][a-z0-9_]*\((\w+ [A-Z][A-Z ]*)(, \w+ [A-Z][A-Z ]*)*\) -> [A-Z][A-Z ]*$")
 
 
@@ -162,6 +162,7 @@ def test_adql_language_and_features(capabilities):
     for udf in language.iter("feature"):
         if udf.findtext("form").startswith("ml_"):
             assert len(udf.findtext("description")) > 80
+    assert features["ivo://org.gavo.dc/std/exts#extra-adql-keywords"] == ["VECTORMATH"]
 
 
 #: A query needing each declared optional feature (only what works may be declared, TAP-23).
@@ -189,6 +190,7 @@ FEATURE_QUERIES = {
     "EXCEPT": "SELECT obs_id FROM ivoa.obscore EXCEPT SELECT obs_id FROM ivoa.obscore WHERE teff > 6000",
     "INTERSECT": f"SELECT obs_id {OBSCORE} INTERSECT SELECT obs_id {OBSCORE} WHERE teff > 6000",
     "WITH": "WITH t AS (SELECT obs_id FROM ivoa.obscore) SELECT TOP 3 obs_id FROM t",
+    "VECTORMATH": "SELECT TOP 3 obs_publisher_did, arr_dot(z[2:3], z[2:3]) AS n2 FROM ml.latent ORDER BY n2",
 }
 
 
