@@ -283,6 +283,9 @@ def example_values(archive: Archive) -> dict[str, str]:
         "dims": "0",
         "zx": "z0",
         "zy": "z0",
+        "ix": "1",
+        "iy": "1",
+        "did2": archive.did(config["default_collection"], "example"),
     }
     try:
         model = archive.current_model()
@@ -293,14 +296,16 @@ def example_values(archive: Archive) -> dict[str, str]:
         row = archive.db.execute(
             "SELECT s.obs_publisher_did, s.obs_collection FROM ml_latent AS l "
             "JOIN spectrum AS s ON s.obs_publisher_did = l.obs_publisher_did "
-            "WHERE l.model_version = ? ORDER BY l.row_index LIMIT 1",
+            "WHERE l.model_version = ? ORDER BY l.row_index LIMIT 2",
             (model["model_version"],),
-        ).fetchone()
-        if row is not None:
-            values["did"], values["collection"] = row[0], row[1]
+        ).fetchall()
+        if row:
+            values["did"], values["collection"] = row[0][0], row[0][1]
+            values["did2"] = row[-1][0]
         dims = _label_dims(archive, model["model_version"], int(model["latent_dim"]))
         values["dims"] = " ".join(str(d) for d in dims)
         values["zx"], values["zy"] = f"z{dims[0]}", f"z{dims[-1]}"
+        values["ix"], values["iy"] = str(dims[0] + 1), str(dims[-1] + 1)  # their places in the array z
     placed = archive.db.execute(
         "SELECT s_ra, s_dec FROM spectrum WHERE s_ra IS NOT NULL AND s_dec IS NOT NULL "
         "ORDER BY row_id LIMIT 1"
