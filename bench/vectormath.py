@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -168,7 +169,8 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine']}. Engine: SQLite. Median of {report['repeat']} runs "
         f"(row by row: {report['slow_repeat']}). Command: `{report['command']}`",
         "",
-        "| latent rows | query | fast path (ms) | row by row (ms) | speed-up | /tap/sync, fast (ms) | same rows |",
+        "| latent rows | query | fast path (ms) | row by row (ms) | speed-up | /tap/sync, fast (ms) "
+        "| same rows |",
         "|---:|---|---:|---:|---:|---:|---|",
     ]
     for size in report["sizes"]:
@@ -204,7 +206,7 @@ def main() -> None:
         root = prepare(args.root, args.work, size)
         results[str(size)] = measure(root, args.repeat, args.slow_repeat)
     report = {
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "command": "python bench/vectormath.py " + " ".join(sys.argv[1:]),
         "repeat": args.repeat,
         "slow_repeat": args.slow_repeat,

@@ -16,56 +16,77 @@ both follow, from the proposal where it says and written down here where it does
 from __future__ import annotations
 
 import json
+import math
+import operator
 import sqlite3
-from collections.abc import Callable
-
-import numpy as np
+import sys
+from array import array
+from collections.abc import Callable, Sequence
 
 from service.storage import arrays
 
-#: What a NULL element becomes when an expression is mapped over it, and what pads a short array.
-_PAD = np.nan
+#: What pads the shorter array, and what a NULL from arr_map's expression becomes.
+_PAD = math.nan
+#: The type byte of service/storage/arrays.py → the array module's type code.
+_TYPECODES = {arrays.FLOAT32: "f", arrays.FLOAT64: "d"}
+_SWAP = sys.byteorder == "big"  # the BLOBs are little-endian
+
+# Small arrays (a latent vector has tens of elements) cost less as Python's own arrays than as numpy's:
+# a call here takes a few microseconds, and the row-by-row plan makes one per row and operation. Sums
+# run element by element in order, in float64, as PostgreSQL's SQL functions do.
 
 
-def _vector(value) -> np.ndarray:
-    try:
-        return arrays.unpack(value)
-    except (ValueError, TypeError):
-        raise TypeError(
-            "expected an array, found a single value (VECTORMATH works on array columns)"
-        ) from None
+def _vector(value) -> array:
+    if not isinstance(value, bytes):
+        raise TypeError("expected an array, found a single value (VECTORMATH works on array columns)")
+    code = _TYPECODES.get(value[0]) if value else None
+    if code is None:
+        raise TypeError("expected an array, found a value that is none")
+    values = array(code)
+    values.frombytes(value[1:])
+    if _SWAP:
+        values.byteswap()
+    return values
 
 
-def _padded(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    size = max(len(a), len(b))
-    grown = []
-    for v in (a, b):
-        v = v.astype(np.float64)
-        if len(v) < size:
-            v = np.concatenate([v, np.full(size - len(v), _PAD)])
-        grown.append(v)
-    return grown[0], grown[1]
+def _pack(values: Sequence[float]) -> bytes:
+    packed = array("d", values)
+    if _SWAP:
+        packed.byteswap()
+    return b"d" + packed.tobytes()
 
 
-def _operands(a, b) -> tuple[np.ndarray | float, np.ndarray | float]:
-    """Two arrays padded to one length, or an array and a number."""
-    left = _vector(a) if isinstance(a, bytes) else float(a)
-    right = _vector(b) if isinstance(b, bytes) else float(b)
-    if isinstance(left, np.ndarray) and isinstance(right, np.ndarray):
-        return _padded(left, right)
-    return (
-        left.astype(np.float64) if isinstance(left, np.ndarray) else left,
-        right.astype(np.float64) if isinstance(right, np.ndarray) else right,
-    )
+def _same_kind(values: array) -> bytes:
+    """A slice as its array was stored (float32 stays float32)."""
+    if _SWAP:
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.typecode.encode() + values.tobytes()
 
 
-def _componentwise(operation: Callable) -> Callable:
+def _divide(x: float, y: float) -> float:
+    """IEEE division: a zero divisor gives ±Infinity, or NaN for 0/0 (and NaN/0)."""
+    if y:
+        return x / y
+    return math.nan if x != x or x == 0 else math.copysign(math.inf, x)
+
+
+def _componentwise(operation: Callable[[float, float], float]) -> Callable:
     def call(a, b):
         if a is None or b is None:
             return None
-        left, right = _operands(a, b)
-        with np.errstate(all="ignore"):
-            return arrays.pack(operation(left, right))
+        if isinstance(a, bytes) and isinstance(b, bytes):
+            left, right = _vector(a), _vector(b)
+            if len(left) != len(right):
+                size = max(len(left), len(right))
+                left.extend([_PAD] * (size - len(left)))
+                right.extend([_PAD] * (size - len(right)))
+            return _pack(list(map(operation, left, right)))
+        if isinstance(a, bytes):
+            scalar = float(b)
+            return _pack([operation(x, scalar) for x in _vector(a)])
+        scalar = float(a)
+        return _pack([operation(scalar, y) for y in _vector(b)])
 
     return call
 
@@ -85,7 +106,7 @@ def array_slice(a, low, high):
         return None
     values = _vector(a)
     start, stop = max(_index(low), 1), min(_index(high), len(values))
-    return arrays.pack(values[start - 1 : stop] if stop >= start else values[:0])
+    return _same_kind(values[start - 1 : stop] if stop >= start else values[:0])
 
 
 def _index(value) -> int:
@@ -101,31 +122,42 @@ def dot(a, b):
         return None
     left, right = _vector(a), _vector(b)
     if len(left) != len(right):
-        return float("nan")
-    return float(np.dot(left.astype(np.float64), right.astype(np.float64)))
+        return math.nan
+    return _total(map(operator.mul, left, right))
+
+
+def _total(values) -> float:
+    total = 0.0
+    for value in values:
+        total += value
+    return total
 
 
 def count(a):
     return None if a is None else len(_vector(a))
 
 
-def _over_elements(reduce: Callable) -> Callable:
+def _over_elements(reduce: Callable[[array], float]) -> Callable:
     """arr_sum and its kin: like the SQL aggregate, over one array's elements (NULL for no element)."""
 
     def call(a):
         if a is None:
             return None
-        values = _vector(a).astype(np.float64)
+        values = _vector(a)
         return float(reduce(values)) if len(values) else None
 
     return call
+
+
+def _extreme(choose: Callable) -> Callable[[array], float]:
+    return lambda values: math.nan if any(v != v for v in values) else choose(values)
 
 
 def to_json(a):
     """The elements as a JSON array, for ``json_each`` to hand arr_map one element per row (NaN as null)."""
     if a is None:
         return None
-    return json.dumps([None if v != v else float(v) for v in _vector(a).tolist()])
+    return json.dumps([None if v != v else v for v in _vector(a)])
 
 
 class _Collect:
@@ -140,67 +172,74 @@ class _Collect:
         self.values[int(key)] = _PAD if value is None else float(value)
 
     def finalize(self):
-        return arrays.pack([self.values[k] for k in sorted(self.values)])
+        return _pack([self.values[k] for k in sorted(self.values)])
 
 
 class _RowAggregate:
     """SUM, AVG, MIN or MAX of an array column over rows, component by component."""
 
-    combine: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    combine: Callable[[float, float], float]
 
     def __init__(self) -> None:
-        self.total: np.ndarray | None = None
+        self.total: list[float] | None = None
         self.rows = 0
 
     def step(self, value) -> None:
         if value is None:
             return
-        current = _vector(value).astype(np.float64)
+        current = list(_vector(value))
         self.rows += 1
         if self.total is None:
-            self.total = current.copy()
-        else:
-            self.total = self.combine(*_padded(self.total, current))
+            self.total = current
+            return
+        size = max(len(self.total), len(current))
+        self.total += [_PAD] * (size - len(self.total))
+        current += [_PAD] * (size - len(current))
+        self.total = list(map(self.combine, self.total, current))
 
     def finalize(self):
         if self.total is None:
             return None
-        return arrays.pack(self.result(self.total))
+        return _pack(self.result(self.total))
 
-    def result(self, total: np.ndarray) -> np.ndarray:
+    def result(self, total: list[float]) -> list[float]:
         return total
 
 
+def _nan_first(choose: Callable[[float, float], float]) -> Callable[[float, float], float]:
+    return lambda x, y: math.nan if x != x or y != y else choose(x, y)
+
+
 class _Sum(_RowAggregate):
-    combine = staticmethod(np.add)
+    combine = staticmethod(operator.add)
 
 
 class _Avg(_Sum):
-    def result(self, total: np.ndarray) -> np.ndarray:
-        return total / self.rows
+    def result(self, total: list[float]) -> list[float]:
+        return [value / self.rows for value in total]
 
 
 class _Min(_RowAggregate):
-    combine = staticmethod(np.minimum)  # NaN wins, as in every other operation
+    combine = staticmethod(_nan_first(min))  # NaN wins, as in every other operation
 
 
 class _Max(_RowAggregate):
-    combine = staticmethod(np.maximum)
+    combine = staticmethod(_nan_first(max))
 
 
 FUNCTIONS: dict[str, tuple[Callable, int]] = {
     "adql_arr_elem": (element, 2),
     "adql_arr_slice": (array_slice, 3),
-    "adql_arr_add": (_componentwise(np.add), 2),
-    "adql_arr_sub": (_componentwise(np.subtract), 2),
-    "adql_arr_mul": (_componentwise(np.multiply), 2),
-    "adql_arr_div": (_componentwise(np.divide), 2),
+    "adql_arr_add": (_componentwise(operator.add), 2),
+    "adql_arr_sub": (_componentwise(operator.sub), 2),
+    "adql_arr_mul": (_componentwise(operator.mul), 2),
+    "adql_arr_div": (_componentwise(_divide), 2),
     "adql_arr_dot": (dot, 2),
     "adql_arr_count": (count, 1),
-    "adql_arr_sum": (_over_elements(np.sum), 1),
-    "adql_arr_avg": (_over_elements(np.mean), 1),
-    "adql_arr_min": (_over_elements(np.min), 1),
-    "adql_arr_max": (_over_elements(np.max), 1),
+    "adql_arr_sum": (_over_elements(_total), 1),
+    "adql_arr_avg": (_over_elements(lambda values: _total(values) / len(values)), 1),
+    "adql_arr_min": (_over_elements(_extreme(min)), 1),
+    "adql_arr_max": (_over_elements(_extreme(max)), 1),
     "adql_arr_json": (to_json, 1),
 }
 AGGREGATES: dict[str, tuple[type, int]] = {
