@@ -204,8 +204,9 @@ def nearest_candidates(session: QuerySession, search: VectorSearch, similarity: 
     latents = served.model.latents
     if served.version != version or len(vector) != latents.shape[1]:
         return False
-    if not search.same_version and session.read(
-        f"SELECT 1 FROM ml_latent WHERE model_version <> {int(version)} LIMIT 1"
+    if not search.same_version and session.read(  # other versions' rows: one index probe per version
+        f"SELECT 1 FROM ml_model AS m WHERE m.model_version <> {int(version)} AND EXISTS "
+        "(SELECT 1 FROM ml_latent AS l WHERE l.model_version = m.model_version) LIMIT 1"
     ):
         return False
     dims = None if search.dims is None else [d for d in search.dims if d < latents.shape[1]]

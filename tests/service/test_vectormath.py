@@ -300,12 +300,15 @@ def test_the_version_tie_keeps_the_fast_path():
     assert search is not None and search.same_version
 
 
+@pytest.mark.parametrize("server", ["live_server", "postgres_live_server"])
 @pytest.mark.parametrize("fmt", ["votable", "votable/b2"])
-def test_arrays_reach_pyvo_and_stilts(live_server, tmp_path, fmt):
+def test_arrays_reach_pyvo_and_stilts(request, server, tmp_path, fmt):
     import subprocess
 
     import pyvo
     import requests
+
+    live_server = request.getfixturevalue(server)
 
     query = (
         "SELECT TOP 5 l.obs_publisher_did, l.z, l.z_var, l.z[2:4] - r.z[2:4] AS diff, "
