@@ -287,7 +287,11 @@ def translate(
                 offset = sql_node.args.get("offset")
                 search.k = fetch + (int(offset.expression.this) if offset is not None else 0) + _SEARCH_MARGIN
                 fast = sql_node.copy()
-                fast.set("where", exp.Where(this=exp.and_(translator.candidates, fast.args["where"].this)))
+                where = fast.args.get("where")  # none when the reference is chosen in JOIN … ON
+                condition = (
+                    translator.candidates if where is None else exp.and_(translator.candidates, where.this)
+                )
+                fast.set("where", exp.Where(this=condition))
                 search.sql = fast.sql(dialect=engine.dialect)
     except DALIError:
         raise
@@ -1278,9 +1282,12 @@ class _Translator:
         if any(j.args.get("side") or j.args.get("method") or j.args.get("using") for j in joins):
             return
         key = order.expressions[0].this
-        if isinstance(key, exp.Column) and not key.table:
+        if isinstance(key, exp.Column) and not key.table:  # a select-list alias
             aliased = [e.this for e in node.expressions if isinstance(e, exp.Alias) and e.alias == key.name]
             key = aliased[0] if aliased else key
+        elif isinstance(key, exp.Literal) and key.is_int and 1 <= int(key.this) <= len(node.expressions):
+            key = node.expressions[int(key.this) - 1]  # a position in the select list
+            key = key.this if isinstance(key, exp.Alias) else key
         found = _distance_shape(key)
         if found is None:
             return

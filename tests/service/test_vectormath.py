@@ -249,7 +249,14 @@ def _reference(live_server) -> str:
     return f"ivo://{live_server.config['archive']['authority']}/~?miles/m0005"
 
 
-def test_order_by_arr_dot_is_answered_by_exact_search(live_server):
+JOINED_QUERY = (
+    "SELECT TOP {k} l.obs_publisher_did, arr_dot(r.z[2:4] - l.z[2:4], r.z[2:4] - l.z[2:4]) AS d2 "
+    "FROM ml.latent AS l JOIN ml.latent AS r ON r.obs_publisher_did = '{did}'{extra} ORDER BY 2"
+)
+
+
+@pytest.mark.parametrize("template", [DISTANCE_QUERY, JOINED_QUERY])
+def test_order_by_arr_dot_is_answered_by_exact_search(live_server, template):
     """The fast path reads only the rows exact search finds nearest, and answers as row by row does."""
     from model.similarity import exact_search
     from service.state import state
@@ -262,7 +269,7 @@ def test_order_by_arr_dot_is_answered_by_exact_search(live_server):
         similarity = ModelSimilarity()
         served = similarity.served
         reference = _reference(live_server)
-        translation = translate(DISTANCE_QUERY.format(k=15, did=reference, extra=""), tables, 1000)
+        translation = translate(template.format(k=15, did=reference, extra=""), tables, 1000)
         search = translation.vector_search
         assert search is not None and search.dims == [1, 2, 3]
         prepare = lambda connection: register_functions(connection, similarity)  # noqa: E731
