@@ -110,7 +110,7 @@ def report(results: Path) -> str:
 
 #: Runs on Dask and on PostgreSQL (bench/pipeline.py --dask/--database, bench/load.py --database,
 #: bench/cone_postgres.py), each kept as its own Markdown, shown in this order where present.
-BEYOND = ("pipeline-1m-dask", "pipeline-20k-*", "inprocess-100k-*", "cone-postgres-*")
+BEYOND = ("pipeline-1m-dask", "pipeline-20k-*", "inprocess-100k-*", "cone-postgres-*", "vectormath-postgres-*")
 
 
 def beyond_one_machine(results: Path) -> list[str]:

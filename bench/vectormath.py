@@ -13,8 +13,11 @@ by the VECTORMATH SQL functions for every row), each the median of ``--repeat`` 
 ``--slow-repeat``) in one process; and the whole request through the Flask app (/tap/sync, VOTable
 written), fast path only. The rows of both plans are checked to be the same.
 
-Usage: python bench/vectormath.py [--root DIR] [--sizes 100000 1000000] [--work DIR]
-Writes bench/results/vectormath.json and vectormath.md.
+``--database URL`` measures on PostgreSQL: a copy of the prepared archive of one size made with
+``latentvo copy-database --to URL`` (the model files stay under ``--work``).
+
+Usage: python bench/vectormath.py [--root DIR] [--sizes 100000 1000000] [--work DIR] [--database URL]
+Writes bench/results/vectormath.json and vectormath.md (``--name`` sets the stem).
 """
 
 from __future__ import annotations
@@ -89,10 +92,8 @@ def prepare(root: Path, work: Path, size: int) -> Path:
     return target
 
 
-def settings_for(root: Path) -> dict:
-    return load_config(
-        DEMO_CONFIG, {"archive": {"root": str(root), "database": "archive.sqlite"}}, environ={}
-    )
+def settings_for(root: Path, database: str = "archive.sqlite") -> dict:
+    return load_config(DEMO_CONFIG, {"archive": {"root": str(root), "database": database}}, environ={})
 
 
 def timed(function, repeat: int) -> tuple[float, object]:
@@ -104,14 +105,14 @@ def timed(function, repeat: int) -> tuple[float, object]:
     return statistics.median(times) * 1000, result
 
 
-def measure(root: Path, repeat: int, slow_repeat: int) -> dict:
+def measure(root: Path, repeat: int, slow_repeat: int, database: str = "archive.sqlite") -> dict:
     from service.app import create_app
     from service.state import state
-    from service.tap.adql import register_functions, translate
+    from service.tap.adql import Engine, register_functions, translate
     from service.tap.schema import current_tableset
     from service.tap.sync import ModelSimilarity, nearest_candidates
 
-    app = create_app(settings_for(root))
+    app = create_app(settings_for(root, database))
     client = app.test_client()
     results = {}
     with app.app_context():
@@ -124,7 +125,8 @@ def measure(root: Path, repeat: int, slow_repeat: int) -> dict:
         prepare_connection = lambda connection: register_functions(connection, similarity)  # noqa: E731
         for name, template in QUERIES.items():
             adql = template.format(did=did)
-            translation = translate(adql, tables, 1000)
+            engine = Engine(archive.db.dialect, q3c="q3c" in archive.db.extensions)
+            translation = translate(adql, tables, 1000, engine=engine)
             search = translation.vector_search
             assert search is not None, name
 
@@ -166,7 +168,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# VECTORMATH: ORDER BY arr_dot by exact search against row by row",
         "",
-        f"Machine: {report['machine']}. Engine: SQLite. Median of {report['repeat']} runs "
+        f"Machine: {report['machine']}. Engine: {report.get('engine', 'SQLite')}. "
+        f"Median of {report['repeat']} runs "
         f"(row by row: {report['slow_repeat']}). Command: `{report['command']}`",
         "",
         "| latent rows | query | fast path (ms) | row by row (ms) | speed-up | /tap/sync, fast (ms) "
@@ -200,16 +203,22 @@ def main() -> None:
     parser.add_argument("--slow-repeat", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--name", default="vectormath")
+    parser.add_argument(
+        "--database",
+        help="measure on this archive database instead (a PostgreSQL URL; one size: the copy that "
+        "`latentvo copy-database` made of that size's prepared archive)",
+    )
     args = parser.parse_args()
     results = {}
     for size in args.sizes:
         root = prepare(args.root, args.work, size)
-        results[str(size)] = measure(root, args.repeat, args.slow_repeat)
+        results[str(size)] = measure(root, args.repeat, args.slow_repeat, args.database or "archive.sqlite")
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "command": "python bench/vectormath.py " + " ".join(sys.argv[1:]),
         "repeat": args.repeat,
         "slow_repeat": args.slow_repeat,
+        "engine": "PostgreSQL" if args.database else "SQLite",
         "sizes": args.sizes,
         "results": results,
     }
