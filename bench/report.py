@@ -109,8 +109,15 @@ def report(results: Path) -> str:
 
 
 #: Runs on Dask and on PostgreSQL (bench/pipeline.py --dask/--database, bench/load.py --database,
-#: bench/cone_postgres.py), each kept as its own Markdown, shown in this order where present.
-BEYOND = ("pipeline-1m-dask", "pipeline-20k-*", "inprocess-100k-*", "cone-postgres-*", "vectormath-postgres-*")
+#: bench/cone_postgres.py, bench/vectormath.py --database), each kept as its own Markdown, shown in
+#: this order where present.
+BEYOND = (
+    "pipeline-1m-dask",
+    "pipeline-20k-*",
+    "inprocess-100k-*",
+    "cone-postgres-*",
+    "vectormath-postgres-*",
+)
 
 
 def beyond_one_machine(results: Path) -> list[str]:
