@@ -1244,6 +1244,8 @@ class _Translator:
             else:
                 kind = _DOUBLE
             return _call(sql_name, *[t for t, _ in translated]), kind
+        if name in _GEOMETRY_FUNCTIONS or name in ("IN_UNIT", "ML_KNN", "ML_DISTANCE"):
+            sub = lambda n, sub=sub: _scalar(sub(n), str(node.this))  # noqa: E731
         if name in _GEOMETRY_FUNCTIONS:
             return self._geometry(name, args, sub)
         if name in _VECTOR_FUNCTIONS:
@@ -1370,8 +1372,8 @@ class _Translator:
             return _call("adql_arr_elem", array, self._index(index, sub)), replace(
                 kind, arraysize=None, meta=None
             )
-        if index.this is None or index.expression is None:
-            raise ADQLError("a slice needs both bounds: a[lo:hi]")
+        if index.this is None or index.expression is None or index.args.get("step") is not None:
+            raise ADQLError("a slice takes two bounds and no step: a[lo:hi]")
         low, high = _number(index.this), _number(index.expression)
         if low is not None and low < 1:
             raise ADQLError(f"array indexes count from 1; a slice cannot start at {low:g}")

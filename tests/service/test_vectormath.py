@@ -216,6 +216,9 @@ def test_division_by_zero_follows_ieee(ask):
         ("SELECT z + obs_publisher_did FROM ml.latent", "arrays combine with arrays and numbers only"),
         ("SELECT SUM(DISTINCT z) FROM ml.latent", "SUM(DISTINCT …) takes single values"),
         ("SELECT CAST(z AS DOUBLE PRECISION) FROM ml.latent", "CAST takes single values"),
+        ("SELECT z[1:2:3] FROM ml.latent", "a slice takes two bounds and no step"),
+        ("SELECT POINT('ICRS', z, 1) FROM ml.latent", "POINT takes single values"),
+        ("SELECT IN_UNIT(z, 'km') FROM ml.latent", "IN_UNIT takes single values"),
     ],
 )
 def test_misuse_is_a_clear_adql_error(query, message):
