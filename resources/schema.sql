@@ -134,6 +134,9 @@ CREATE TABLE IF NOT EXISTS ml_latent (
     PRIMARY KEY (model_version, obs_publisher_did),
     UNIQUE (model_version, row_index)
 );
+-- A spectrum's rows of every version: a reference looked up by DID alone (ADQL, VECTORMATH),
+-- which PostgreSQL cannot find through the primary key (SQLite skip-scans it).
+CREATE INDEX IF NOT EXISTS ml_latent_did ON ml_latent (obs_publisher_did);
 
 -- Mutual information (nats) and correlations between latent dimension and label, with the
 -- same figures for principal component number `dim` of a PCA of equal size.
