@@ -1319,6 +1319,29 @@ def _labels(meta: Mapping[str, Any], units: Mapping[str, str] | None = None) -> 
     return labels
 
 
+#: Where a source writes a star's spectral type and its temperature class, in order of preference.
+_SPECTRAL_TYPE_KEYS = ("sptype", "spectral_type", "spec_type", "sp_type", "spt", "mk_type")
+_CLASS_KEYS = ("spclass", "target_class", "temperature_class")
+#: The temperature class of an MK type: its first capital, after a subdwarf/dwarf/giant prefix, if a
+#: subtype, a luminosity class, a lower-case qualifier or nothing follows (MILES' GB and HB, giant and
+#: horizontal branch stars of clusters, are no MK types).
+_TEMPERATURE_CLASS = re.compile(r"(?:sd|esd|usd|d|g)?([OBAFGKMLTY])(?=$|[\d.:?\sIVa-z(+-])")
+
+
+def stellar_class(meta: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(temperature class, spectral type) of a star from its metadata, each None where absent.
+
+    The class is the source's own (MILES ``spclass``) or else the first letter of an MK spectral type
+    (``sdB`` → B, ``K1IV`` → K); other types (``DA`` white dwarfs, ``GB`` giant-branch stars) give none.
+    """
+    spectral_type = _text(meta, _SPECTRAL_TYPE_KEYS) or None
+    target_class = _text(meta, _CLASS_KEYS) or None
+    if target_class is None and spectral_type is not None:
+        match = _TEMPERATURE_CLASS.match(spectral_type)
+        target_class = match.group(1) if match else None
+    return target_class, spectral_type
+
+
 @lru_cache(maxsize=4096)
 def _alias(key: str) -> tuple[str, int] | None:
     """The (label, rank) a keyword or column name stands for; cached, as every row of a table asks."""

@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS spectrum (
     vsini             REAL,
     airmass           REAL,
     extra_labels      TEXT,
-    ingested_at       TEXT NOT NULL
+    ingested_at       TEXT NOT NULL,
+    target_class      TEXT,   -- the temperature class (O, B, A, F, G, K, M ...) where the source gives one
+    spectral_type     TEXT    -- the full spectral type as the source writes it (K1IV, sdB ...)
 );
 CREATE INDEX IF NOT EXISTS spectrum_collection ON spectrum (obs_collection);
 CREATE INDEX IF NOT EXISTS spectrum_source ON spectrum (source_path, source_index);
@@ -71,7 +73,7 @@ SELECT
     'application/x-votable+xml;content=datalink' AS access_format,
     s.access_estsize                 AS access_estsize,
     s.target_name                    AS target_name,
-    NULL                             AS target_class,
+    s.target_class                   AS target_class,
     s.s_ra                           AS s_ra,
     s.s_dec                          AS s_dec,
     NULL                             AS s_fov,
@@ -100,7 +102,8 @@ SELECT
     s.feh                            AS feh,
     s.rv                             AS rv,
     s.snr                            AS snr,
-    s.vsini                          AS vsini
+    s.vsini                          AS vsini,
+    s.spectral_type                  AS spectral_type
 FROM spectrum AS s;
 
 CREATE TABLE IF NOT EXISTS ml_model (

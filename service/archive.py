@@ -45,6 +45,8 @@ SPECTRUM_COLUMNS = (
     "access_estsize",
     *KNOWN_LABELS,
     "extra_labels",
+    "target_class",
+    "spectral_type",
     "ingested_at",
 )
 #: ml.latent's vector columns (VECTORMATH): posterior means and variances as float32 arrays.

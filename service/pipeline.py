@@ -42,7 +42,7 @@ from model.augment import degrade
 from model.checkpoint import save_checkpoint
 from model.ood import OOD_FILE, OODReference, sample_rows
 from model.preprocess import Grid, Matching, OnGrid, prepare_augmented, prepare_many
-from model.readers import iter_spectra, label_key, read_spectra
+from model.readers import iter_spectra, label_key, read_spectra, stellar_class
 from model.similarity import LatentIndex
 from model.spectrum import KNOWN_LABELS, Spectrum, SpectrumReadError
 from model.training import TrainConfig, train
@@ -119,6 +119,7 @@ def spectrum_row(
     all_labels = {**spectrum.labels, **labels}
     known = {k: all_labels.get(k) for k in KNOWN_LABELS}
     extra = {k: v for k, v in all_labels.items() if k not in KNOWN_LABELS}
+    target_class, spectral_type = stellar_class(spectrum.extra)
     mjd = spectrum.obs_time.mjd if spectrum.obs_time is not None else None
     return {
         "obs_publisher_did": publisher_did(authority, collection, spectrum.identifier),
@@ -143,6 +144,8 @@ def spectrum_row(
         "source_sha256": sha256,
         **known,
         "extra_labels": json.dumps(extra) if extra else None,
+        "target_class": target_class,
+        "spectral_type": spectral_type,
         "ingested_at": utc_now(),
     }
 

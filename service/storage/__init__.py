@@ -232,6 +232,28 @@ def schema_script(dialect: str, jobs_only: bool = False) -> str:
     return text
 
 
+_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", re.S)
+_COLUMN = re.compile(r"^\s+(\w+)\s+(TEXT|REAL|INTEGER|BLOB)\b", re.M)
+
+
+def column_upgrades(script: str, existing: Callable[[str], list[str]]) -> list[str]:
+    """``ALTER TABLE … ADD COLUMN`` for every column the CREATE TABLEs of ``script`` (SQLite's spelling)
+    declare that an existing table lacks: an archive built by an older release gains a newer one's
+    columns when it is opened for writing. Columns added to resources/schema.sql after a release
+    must therefore be nullable and without a default."""
+    statements = []
+    for table, body in _TABLE.findall(script):
+        have = set(existing(table))
+        if not have:
+            continue  # not there yet: the script creates it whole
+        statements += [
+            f"ALTER TABLE {table} ADD COLUMN {column} {kind}"
+            for column, kind in _COLUMN.findall(body)
+            if column.lower() not in have
+        ]
+    return statements
+
+
 def view_definitions(dialect: str) -> list[tuple[str, str]]:
     """(name, SELECT …) of every view in resources/schema.sql, for re-creating them."""
     pattern = re.compile(

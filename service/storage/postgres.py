@@ -33,6 +33,7 @@ from service.storage import (
     DatabaseError,
     QuerySession,
     QueryStopped,
+    column_upgrades,
     schema_script,
 )
 from service.storage import quote_identifier as _quote
@@ -201,7 +202,10 @@ class PostgresDatabase(Database):
                     # archive built by an earlier version up to date, as any writable open does.
                     self.connection.execute(_FUNCTIONS)
                     self.connection.execute(ADQL_FUNCTIONS.read_text())
-                    self.connection.execute(schema_script(self.dialect, jobs_only=schema == "jobs"))
+                    jobs_only = schema == "jobs"
+                    for statement in column_upgrades(schema_script("sqlite", jobs_only), self.columns):
+                        self.connection.execute(postgres_ddl(statement))
+                    self.connection.execute(schema_script(self.dialect, jobs_only=jobs_only))
                     if schema == "archive":
                         self._sky_index()
                 _extensions.pop(url, None)

@@ -24,6 +24,7 @@ from service.storage import (
     QuerySession,
     QueryStopped,
     arrays,
+    column_upgrades,
     schema_script,
 )
 from service.storage import quote_identifier as _quote
@@ -73,7 +74,10 @@ class SQLiteDatabase(Database):
             )
         if not readonly:
             self.connection.execute("PRAGMA journal_mode=WAL")
-            self.connection.executescript(schema_script(self.dialect, jobs_only=schema == "jobs"))
+            script = schema_script(self.dialect, jobs_only=schema == "jobs")
+            for statement in column_upgrades(script, self.columns):
+                self.connection.execute(statement)
+            self.connection.executescript(script)
         self.connection.row_factory = sqlite3.Row
         self.connection.execute("PRAGMA foreign_keys=ON")
         self.connection.create_function("latentvo_sep", 4, great_circle_degrees, deterministic=True)

@@ -16,7 +16,7 @@ from astropy.io import votable as vo
 from astropy.table import Table
 
 from model import readers
-from model.readers import C_KMS, FORMATS, detect_format, iter_spectra, label_key, read_spectra
+from model.readers import C_KMS, FORMATS, detect_format, iter_spectra, label_key, read_spectra, stellar_class
 from model.spectrum import Spectrum, SpectrumReadError
 from model.synthetic import SyntheticConfig, generate_spectra, write_fits_table
 
@@ -402,6 +402,24 @@ def test_reads_by_index_keep_files_open_and_see_a_replaced_file(tmp_path: Path) 
 def test_label_key(name: str, label: str) -> None:
     """Known spellings map to the KNOWN_LABELS name, anything else keeps its own (lower-case) name."""
     assert label_key(name) == label
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        ({"sptype": "K1IV", "spclass": "K"}, ("K", "K1IV")),  # MILES gives both
+        ({"sptype": "K0.5IIIb", "spclass": ""}, ("K", "K0.5IIIb")),  # the class read from the type
+        ({"spectral_type": "sdB"}, ("B", "sdB")),
+        ({"spt": "dM3.5e"}, ("M", "dM3.5e")),
+        ({"sptype": "Fw"}, ("F", "Fw")),
+        ({"sptype": "GB", "spclass": ""}, (None, "GB")),  # MILES' giant-branch cluster stars
+        ({"sptype": "DA"}, (None, "DA")),  # white dwarfs have no temperature class
+        ({"target_class": "star"}, ("star", None)),
+        ({"teff": 5000.0}, (None, None)),
+    ],
+)
+def test_stellar_class(meta: dict, expected: tuple) -> None:
+    assert stellar_class(meta) == expected
 
 
 def test_label_preference_and_units(tmp_path: Path) -> None:

@@ -124,6 +124,7 @@ def test_fields_carry_ssa_utypes_ucds_and_the_datalink_descriptor(live_server):
         "DataID.Date": "time;meta.dataset",
         "Target.Name": "meta.id;src",
         "Target.Pos": "pos.eq;src",
+        "Target.Class": "src.class",
         "Char.SpectralAxis.Coverage.Bounds.Start": "em.wl;stat.min",
         "Char.SpectralAxis.Coverage.Bounds.Stop": "em.wl;stat.max",
         "Char.TimeAxis.Coverage.Location.Value": "time.epoch",
@@ -137,6 +138,8 @@ def test_fields_carry_ssa_utypes_ucds_and_the_datalink_descriptor(live_server):
     assert (target.datatype, target.arraysize, str(target.unit)) == ("double", "2", "deg")
     assert str(by_utype["ssa:char.spectralaxis.coverage.bounds.start"].unit) == "m"
     assert by_utype["ssa:dataid.date"].xtype == "timestamp"
+    classes = {row[by_utype["ssa:target.class"].name] for row in table.array}
+    assert classes <= set("OBAFGKM") | {None} and len(classes - {None}) >= 1  # the demo stars' classes
     fields = {f.name: f for f in table.fields}
     assert fields["ra"].ucd == "pos.eq.ra;meta.main" and fields["dec"].ucd == "pos.eq.dec;meta.main"
     coosys = resource.coordinate_systems[0]

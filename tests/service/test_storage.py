@@ -230,3 +230,24 @@ def test_two_job_stores_never_claim_one_job(tmp_path, database_location):
     assert [j.job_id for j in listed] == [f"{n:016x}" for n in (19, 18, 17)]
     for store in stores:
         store.close()
+
+
+def test_an_older_archive_gains_the_columns_of_a_newer_release(tmp_path, database_location):
+    """Columns added to resources/schema.sql (here the spectrum's class and type) are added to an
+    archive built before them when it is next opened for writing; its rows stay as they were."""
+    archive = Archive(tmp_path, database_location)
+    archive.upsert_spectra([_spectrum("ivo://x/~?test/old")])
+    archive.db.execute("DROP VIEW ivoa_obscore")
+    for column in ("target_class", "spectral_type"):
+        archive.db.execute(f"ALTER TABLE spectrum DROP COLUMN {column}")
+    assert "target_class" not in archive.db.columns("spectrum")
+    archive.close()
+    archive = Archive(tmp_path, database_location)
+    assert {"target_class", "spectral_type"} <= set(archive.db.columns("spectrum"))
+    row = archive.db.one("SELECT obs_id, target_class, spectral_type FROM ivoa_obscore")
+    assert tuple(row) == ("old", None, None)
+    archive.upsert_spectra(
+        [{**_spectrum("ivo://x/~?test/new"), "target_class": "K", "spectral_type": "K1IV"}]
+    )
+    assert archive.db.scalar("SELECT target_class FROM ivoa_obscore WHERE obs_id = 'new'") == "K"
+    archive.close()

@@ -232,6 +232,23 @@ def test_obscore_view_delivers_every_column(db, live_server):
     assert row["obs_title"].endswith("(miles)") and row["teff"] > 0
 
 
+def test_the_demo_stars_carry_their_spectral_classes(db, demo_dir):
+    """ivoa.obscore.target_class holds the MILES temperature class, spectral_type the full type."""
+    from astropy.io import fits
+
+    from model.readers import stellar_class
+
+    with fits.open(demo_dir / "miles_demo.fits") as hdul:
+        stars = {str(r["miles_id"]).strip(): (r["sptype"], r["spclass"]) for r in hdul["SPECTRA"].data}
+    rows = db.execute("SELECT obs_id, target_class, spectral_type FROM ivoa_obscore").fetchall()
+    assert len(rows) == len(stars)
+    for obs_id, target_class, spectral_type in rows:
+        sptype, spclass = stars[obs_id]
+        assert (target_class, spectral_type) == stellar_class({"sptype": sptype, "spclass": spclass})
+    classes = {row[1] for row in rows}
+    assert {"B", "A", "F", "G", "K", "M"} <= classes  # real classes to teach a model with
+
+
 def test_ml_latent_has_one_pair_of_columns_per_latent_dimension(db):
     latent_dim = db.execute("SELECT latent_dim FROM ml_model WHERE is_current = 1").fetchone()[0]
     names = [c["column_name"] for c in columns_of(db, "ml.latent")]
