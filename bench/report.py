@@ -100,8 +100,9 @@ def report(results: Path) -> str:
         lines += encode_parts(json.loads((results / "encode.json").read_text()))
     if (results / "index_scale.md").exists():
         lines += ["", "#" + (results / "index_scale.md").read_text().strip(), ""]
-    if (results / "vectormath.md").exists():
-        lines += ["", "#" + (results / "vectormath.md").read_text().strip(), ""]
+    for name in ("vectormath", "propagation"):
+        if (results / f"{name}.md").exists():
+            lines += ["", "#" + (results / f"{name}.md").read_text().strip().replace("\n## ", "\n### "), ""]
     lines += beyond_one_machine(results)
     if (results / "fixes.md").exists():
         lines += ["", (results / "fixes.md").read_text().strip(), ""]
