@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 #: Paths answered with DALI error documents rather than HTML error pages.
 PROTOCOL_PREFIXES = ("/tap", "/ssa", "/datalink", "/data", "/similar")
 #: Paths of the JSON endpoints: their errors are JSON too.
-JSON_PREFIXES = ("/explore/decode", "/explore/map")
+JSON_PREFIXES = ("/explore/decode", "/explore/map", "/ml")
 #: Scripts, styles and vendored libraries of the explorer pages.
 STATIC_FOLDER = str(Path(__file__).parent / "static")
 SERVER_HEADER = f"latentvo/{__version__} (Flask; IVOA TAP 1.1, SSAP 1.1, DataLink 1.1)"
@@ -34,7 +34,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["latentvo"] = ServiceState(config)
     app.teardown_appcontext(release_archive)
 
-    from service import data, datalink, explore, similar, ssap, web
+    from service import data, datalink, explore, ml, similar, ssap, web
     from service.tap import blueprint as tap
 
     app.register_blueprint(web.bp)
@@ -45,6 +45,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(data.bp, url_prefix="/data")
     app.register_blueprint(similar.bp, url_prefix="/similar")
     app.register_blueprint(explore.bp, url_prefix="/explore")
+    app.register_blueprint(ml.bp, url_prefix="/ml")
 
     app.register_error_handler(DALIError, dali_error)
     app.register_error_handler(DatabaseError, database_error)
