@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from service import __version__
 from service.config import load_config
-from service.errors import DALIError, TransientError, internal_error
+from service.errors import DALIError, TransientError, internal_error, json_error
 from service.state import ServiceState, release_archive
 from service.storage import DatabaseError
 from service.votable import VOTABLE_MIME, error_document
@@ -65,7 +65,7 @@ def dali_error(exc: DALIError) -> Response:
 
 def http_error(exc: HTTPException) -> Response | HTTPException:
     if request.path.startswith(JSON_PREFIXES):
-        return explore_json_error(exc)
+        return json_error(exc)
     if request.path.startswith(PROTOCOL_PREFIXES):
         fault = "NotFoundFault" if exc.code == 404 else "UsageFault"
         response = error_response(f"{fault}: {exc.description}", exc.code or 400)
@@ -81,23 +81,15 @@ def database_error(exc: DatabaseError) -> Response:
         return server_error(exc)
     busy = TransientError("the archive database is busy or out of reach; try again shortly")
     if request.path.startswith(JSON_PREFIXES):
-        return explore_json_error(busy)
+        return json_error(busy)
     return dali_error(busy)
 
 
 def server_error(exc: Exception) -> Response:
     message = internal_error(log, f"unexpected error on {request.path}")
     if request.path.startswith(JSON_PREFIXES):
-        return explore_json_error(DALIError(message.removeprefix("FatalFault: ")))
+        return json_error(DALIError(message.removeprefix("FatalFault: ")))
     return error_response(message, 500)
-
-
-def explore_json_error(exc: Exception) -> Response:
-    from service.explore import json_error, json_http_error
-
-    response, status = json_error(exc) if isinstance(exc, DALIError) else json_http_error(exc)
-    response.status_code = status
-    return response
 
 
 def server_header(response: Response) -> Response:

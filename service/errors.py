@@ -2,7 +2,8 @@
 
 Protocol code raises these; the app's error handler turns them into documents. DataLink's
 fault prefixes (``UsageFault``, ``NotFoundFault``…) start the message, which every DALI
-service may use and DataLink 1.1 requires.
+service may use and DataLink 1.1 requires. The JSON endpoints (the explorer's, /ml) answer the
+same errors as JSON (:func:`json_error`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from __future__ import annotations
 import logging
 import secrets
 
+from flask import Response, jsonify
+from werkzeug.exceptions import HTTPException
+
 
 class DALIError(Exception):
     """A request that cannot be answered; ``status`` is the HTTP status of the error document."""
 
     status = 500
     fault = "FatalFault"
+    #: HTTP headers the answer must carry (a challenge with a 401).
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -53,6 +59,41 @@ class LimitError(DALIError):
 
     status = 413
     fault = "UsageFault"
+
+
+class AuthenticationError(DALIError):
+    """The request needs credentials it did not bring (401, with the challenge)."""
+
+    status = 401
+    fault = "AuthenticationFault"
+    headers = (("WWW-Authenticate", 'Bearer realm="latentvo operator"'),)
+
+
+class ForbiddenError(DALIError):
+    """The credentials brought do not allow this, or nothing may do it here (403)."""
+
+    status = 403
+    fault = "AuthorizationFault"
+
+
+class ConflictError(DALIError):
+    """The thing named is not in a state that allows the request (409)."""
+
+    status = 409
+    fault = "UsageFault"
+
+
+def json_error(exc: Exception) -> Response:
+    """A DALI or HTTP error as the JSON endpoints answer it: ``{"error": fault, "message": …}``."""
+    if isinstance(exc, DALIError):
+        response = jsonify(error=exc.fault, message=exc.message)
+        response.status_code = exc.status
+        response.headers.extend(exc.headers)
+        return response
+    assert isinstance(exc, HTTPException)
+    response = jsonify(error="UsageFault", message=exc.description or exc.name)
+    response.status_code = exc.code or 400
+    return response
 
 
 def internal_error(log: logging.Logger, what: str) -> str:

@@ -21,7 +21,7 @@ from flask import Blueprint, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from service.datalink import MAX_K
-from service.errors import DALIError, NotFoundError, UsageError
+from service.errors import DALIError, NotFoundError, UsageError, json_error
 from service.state import state
 from service.web import service_description
 
@@ -31,14 +31,8 @@ bp = Blueprint("explore", __name__, template_folder="templates")
 MAX_ABS_Z = 50.0
 
 
-@bp.errorhandler(DALIError)
-def json_error(exc: DALIError) -> tuple[Response, int]:
-    return jsonify(error=exc.fault, message=exc.message), exc.status
-
-
-@bp.errorhandler(HTTPException)
-def json_http_error(exc: HTTPException) -> tuple[Response, int]:
-    return jsonify(error="UsageFault", message=exc.description or exc.name), exc.code or 400
+bp.register_error_handler(DALIError, json_error)
+bp.register_error_handler(HTTPException, json_error)
 
 
 # -- pages ------------------------------------------------------------------------------------------

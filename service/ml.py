@@ -20,7 +20,15 @@ from werkzeug.exceptions import HTTPException
 from model.api import INDEX_FILE, MEAN_FILE
 from model.checkpoint import CONFIG_FILE
 from service.archive import Archive
-from service.errors import DALIError, NotFoundError, UsageError
+from service.errors import (
+    AuthenticationError,
+    ConflictError,
+    DALIError,
+    ForbiddenError,
+    NotFoundError,
+    UsageError,
+    json_error,
+)
 from service.state import state
 
 bp = Blueprint("ml", __name__)
@@ -29,47 +37,23 @@ bp = Blueprint("ml", __name__)
 SERVABLE = "indexed"
 
 
-class Unauthorised(DALIError):
-    status = 401
-    fault = "AuthenticationFault"
-
-
-class Forbidden(DALIError):
-    status = 403
-    fault = "AuthorizationFault"
-
-
-class Conflict(DALIError):
-    status = 409
-    fault = "UsageFault"
-
-
-@bp.errorhandler(DALIError)
-def json_error(exc: DALIError) -> tuple[Response, int]:
-    response = jsonify(error=exc.fault, message=exc.message)
-    if isinstance(exc, Unauthorised):
-        response.headers["WWW-Authenticate"] = 'Bearer realm="latentvo operator"'
-    return response, exc.status
-
-
-@bp.errorhandler(HTTPException)
-def json_http_error(exc: HTTPException) -> tuple[Response, int]:
-    return jsonify(error="UsageFault", message=exc.description or exc.name), exc.code or 400
+bp.register_error_handler(DALIError, json_error)
+bp.register_error_handler(HTTPException, json_error)
 
 
 def require_operator() -> None:
     """Let the request through only with the configured operator token (see the module docstring)."""
     expected = state().config["ml"]["operator_token"]
     if not expected:
-        raise Forbidden(
+        raise ForbiddenError(
             "changing the model in service over HTTP is off: the operator sets [ml] operator_token "
             "(LATENTVO_ML_OPERATOR_TOKEN); `latentvo index` swaps models from the command line"
         )
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
-        raise Unauthorised("this needs the operator's token: Authorization: Bearer <token>")
+        raise AuthenticationError("this needs the operator's token: Authorization: Bearer <token>")
     if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise Forbidden("the token given is not the operator's")
+        raise ForbiddenError("the token given is not the operator's")
 
 
 def _version_json(row) -> dict:
@@ -104,7 +88,7 @@ def promote(version: str) -> Response:
     if row is None:
         raise NotFoundError(f"no model version {version} (GET /ml/models lists them)")
     if row["stage"] != SERVABLE:
-        raise Conflict(
+        raise ConflictError(
             f"model version {version} is {row['stage']}, not {SERVABLE}: run `latentvo index` first"
         )
     missing = [
@@ -113,7 +97,9 @@ def promote(version: str) -> Response:
         if not (archive.model_dir(int(version)) / name).exists()
     ]
     if missing:
-        raise Conflict(f"model version {version} cannot serve: its files {', '.join(missing)} are missing")
+        raise ConflictError(
+            f"model version {version} cannot serve: its files {', '.join(missing)} are missing"
+        )
     previous = archive.current_version()
     writer = Archive.from_config(state().config)  # request connections are read-only
     try:

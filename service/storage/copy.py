@@ -80,7 +80,8 @@ def _copy_table(source: Database, target: Database, table: str, columns: list[st
     columns = [c for c in columns if c in have]
     quoted = ", ".join(f'"{c}"' for c in columns)
     rows = source.execute(f"SELECT {quoted} FROM {table}")
-    arrays_at = [i for i, c in enumerate(columns) if source.column_kinds(table)[c] == "floats"]
+    kinds = source.column_kinds(table)
+    arrays_at = [i for i, c in enumerate(columns) if kinds[c] == "floats"]
     if arrays_at:  # each engine stores arrays its own way
         rows = (_arrays_for(target, row, arrays_at) for row in rows)
     counted = _Counter(rows)

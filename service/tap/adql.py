@@ -1693,10 +1693,10 @@ def _distance_shape(
         isinstance(key, exp.Anonymous) and str(key.this).upper() == "ARR_DOT" and len(key.expressions) == 2
     ):
         return None
-    first, second = (_unwrap_parens(e) for e in key.expressions)
+    first, second = (e.unnest() for e in key.expressions)
     if first != second or not isinstance(first, exp.Sub):
         return None
-    sides = [_latent_part(_unwrap_parens(e)) for e in (first.this, first.expression)]
+    sides = [_latent_part(e.unnest()) for e in (first.this, first.expression)]
     if None in sides or sides[0][1] != sides[1][1]:  # type: ignore[index]
         return None
     return (sides[0][0], sides[1][0]), sides[0][1]  # type: ignore[index]
@@ -1716,12 +1716,6 @@ def _latent_part(node: exp.Expression) -> tuple[exp.Column, tuple[int, int] | No
     if isinstance(node, exp.Column) and node.name.lower() == "z" and node.table:
         return node, window
     return None
-
-
-def _unwrap_parens(node: exp.Expression) -> exp.Expression:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    return node
 
 
 def _ties_versions(condition: exp.Expression) -> bool:

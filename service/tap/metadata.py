@@ -293,15 +293,15 @@ def example_values(archive: Archive) -> dict[str, str]:
         model = None
     if model is not None:
         values["version"] = str(model["model_version"])
-        row = archive.db.execute(
+        encoded = archive.db.execute(
             "SELECT s.obs_publisher_did, s.obs_collection FROM ml_latent AS l "
             "JOIN spectrum AS s ON s.obs_publisher_did = l.obs_publisher_did "
             "WHERE l.model_version = ? ORDER BY l.row_index LIMIT 2",
             (model["model_version"],),
         ).fetchall()
-        if row:
-            values["did"], values["collection"] = row[0][0], row[0][1]
-            values["did2"] = row[-1][0]
+        if encoded:
+            values["did"], values["collection"] = encoded[0][0], encoded[0][1]
+            values["did2"] = encoded[-1][0]
         dims = _label_dims(archive, model["model_version"], int(model["latent_dim"]))
         values["dims"] = " ".join(str(d) for d in dims)
         values["zx"], values["zy"] = f"z{dims[0]}", f"z{dims[-1]}"

@@ -49,19 +49,17 @@ def _vector(value) -> array:
     return values
 
 
-def _pack(values: Sequence[float]) -> bytes:
-    packed = array("d", values)
-    if _SWAP:
-        packed.byteswap()
-    return b"d" + packed.tobytes()
-
-
-def _same_kind(values: array) -> bytes:
-    """A slice as its array was stored (float32 stays float32)."""
+def _blob(values: array) -> bytes:
+    """An array as its BLOB, of its own element type (a slice of float32 stays float32)."""
     if _SWAP:
         values = array(values.typecode, values)
         values.byteswap()
     return values.typecode.encode() + values.tobytes()
+
+
+def _pack(values: Sequence[float]) -> bytes:
+    """Computed values: float64."""
+    return _blob(array("d", values))
 
 
 def _divide(x: float, y: float) -> float:
@@ -106,7 +104,7 @@ def array_slice(a, low, high):
         return None
     values = _vector(a)
     start, stop = max(_index(low), 1), min(_index(high), len(values))
-    return _same_kind(values[start - 1 : stop] if stop >= start else values[:0])
+    return _blob(values[start - 1 : stop] if stop >= start else values[:0])
 
 
 def _index(value) -> int:
@@ -127,6 +125,7 @@ def dot(a, b):
 
 
 def _total(values) -> float:
+    """Summed in order, as PostgreSQL sums (Python 3.12's sum() compensates, and would differ)."""
     total = 0.0
     for value in values:
         total += value
