@@ -189,16 +189,20 @@ class DistanceTable:
     dims: tuple[int, ...] | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class NeighbourTable:
-    """``ml_knn(did, ref, k, dims)`` on PostgreSQL with the reference a column of an uploaded table: the
-    neighbours of every DID that column holds, a temporary table (``ref``, ``did``) the query looks in."""
+    """``ml_knn(did, ref, k, dims)`` on PostgreSQL with the reference a column: the neighbours of every
+    reference DID the query can meet, a temporary table (``ref``, ``did``) the query looks in.
+
+    ``references`` is the SQL the caller runs first for those DIDs: the distinct values of the
+    reference over its table (archive or upload), narrowed by the query's conditions on that table
+    alone, so ``WHERE a.teff > 9000`` keeps a self-join to the hot stars' neighbours. It fetches one
+    more than :data:`NEIGHBOUR_REFERENCES_MAX`, for the caller to refuse a query that needs more."""
 
     name: str
-    source: str  # the uploaded table's SQL name
-    column: str  # its column of reference DIDs
     k: int
     dims: tuple[int, ...] | None
+    references: str = ""
 
 
 @dataclass
@@ -221,6 +225,10 @@ class VectorSearch:
     k: int = 0
     sql: str = ""
 
+
+#: On PostgreSQL, the most reference DIDs one ``ml_knn`` with a column reference may have: each costs
+#: one neighbour search before the query runs (about 10^4 take a second or two).
+NEIGHBOUR_REFERENCES_MAX = 10_000
 
 #: On PostgreSQL: every encoded spectrum's latent vector (``did``, ``z``), for ``ml_distance`` with a
 #: reference that is no literal, and the similarity dimensions it uses by default (``dims``, text).
@@ -658,6 +666,9 @@ class _Translator:
         self.counter = 0
         self.distances: list[DistanceTable] = []
         self.neighbours: list[NeighbourTable] = []
+        #: Neighbour tables whose reference query waits for the conditions of the SELECT that owns
+        #: the reference's table: (table, that SELECT's scope, the table's SQL alias, the reference).
+        self.pending_references: list[tuple[NeighbourTable, _Scope, str, exp.Expression]] = []
         self.latents = False
         #: arr_map's element, by the alias of the rows that hand it over.
         self.elements: dict[str, exp.Expression] = {}
@@ -836,9 +847,42 @@ class _Translator:
             new.set("offset", exp.Offset(expression=exp.Literal.number(offset)))
             if new.args.get("limit") is None:
                 new.set("limit", self._unbounded())
+        self._resolve_references(new, scope)
         if node is self.top_select:
             self._plan_vector_search(node, scope)
         return new, outputs
+
+    def _resolve_references(self, select: exp.Select, scope: _Scope) -> None:
+        """The reference query of each neighbour table whose reference comes from a table of this
+        SELECT: its distinct values under the WHERE and inner-join conditions on that table alone.
+        Those conditions hold on every row the query returns, so the DIDs found cover every
+        reference the query meets."""
+        waiting = [p for p in self.pending_references if p[1] is scope]
+        if not waiting:
+            return
+        self.pending_references = [p for p in self.pending_references if p[1] is not scope]
+        joins = select.args.get("joins") or []
+        items = [select.args["from_"].this, *(j.this for j in joins)]
+        conditions = [
+            term
+            for join in joins
+            if not join.args.get("side") and join.args.get("on") is not None
+            for term in _conjuncts(join.args["on"])
+        ]
+        if select.args.get("where") is not None:
+            conditions += list(_conjuncts(select.args["where"].this))
+        for table, _, alias, reference in waiting:
+            source = next(item for item in items if item.alias_or_name == alias)
+            present = exp.Not(this=exp.Is(this=reference.copy(), expression=exp.Null()))
+            own = [term.copy() for term in conditions if _only_reads(term, alias)]
+            query = exp.Select(
+                expressions=[self._text(reference.copy())],
+                distinct=exp.Distinct(),
+                from_=exp.From(this=source.copy()),
+                where=exp.Where(this=exp.and_(present, *own)),
+                limit=exp.Limit(expression=exp.Literal.number(NEIGHBOUR_REFERENCES_MAX + 1)),
+            )
+            table.references = query.sql(dialect=self.engine.dialect)
 
     def _items(
         self, expressions: list[exp.Expression], scope: _Scope
@@ -1507,28 +1551,27 @@ class _Translator:
     def _neighbours(
         self, args: list[exp.Expression], did: exp.Expression, sub, scope: _Scope
     ) -> exp.Expression:
-        """ml_knn on PostgreSQL with a reference that is a column of an uploaded table: a lookup in the
-        neighbour table the caller fills for every DID of that column."""
+        """ml_knn on PostgreSQL with a reference that is no literal: a lookup in the neighbour table the
+        caller fills, before the query runs, for every reference DID the query can meet."""
         k_value = _number(args[2])
         if k_value is None or (len(args) == 4 and _string(args[3]) is None):
             raise ADQLError(
                 "ml_knn: on this archive k and dims must be literals (ml_knn(did, ref, 20, '0 3'))"
             )
         ref = sub(args[1])[0]
-        upload = _upload_column(ref, scope)
-        if upload is None:
+        owner = _table_of(ref, scope)
+        if owner is None:
             raise ADQLError(
-                "ml_knn: on this archive the reference DID must be a literal ('ivo://…') or a column of an "
-                "uploaded table (TAP_UPLOAD.…); the service finds the neighbours before the query runs"
+                "ml_knn: on this archive the reference DID must be a literal ('ivo://…') or a column of a "
+                "table in FROM (an archive or TAP_UPLOAD table, not a subquery or WITH); the service "
+                "finds the neighbours before the query runs"
             )
         dims = _dims_literal(args[3]) if len(args) == 4 else None
         table = NeighbourTable(
-            f"latentvo_neighbours_{len(self.neighbours) + 1}",
-            *upload,
-            int(k_value),
-            tuple(dims) if dims else None,
+            f"latentvo_neighbours_{len(self.neighbours) + 1}", int(k_value), tuple(dims) if dims else None
         )
         self.neighbours.append(table)
+        self.pending_references.append((table, *owner, ref))
         alias = self._alias()
         found = exp.Exists(
             this=exp.Select(
@@ -1761,18 +1804,28 @@ def _temp(name: str, alias: str | None = None) -> exp.Table:
     )
 
 
-def _upload_column(node: exp.Expression, scope: _Scope) -> tuple[str, str] | None:
-    """(table SQL name, column) when ``node`` is a plain column of an uploaded (TAP_UPLOAD) table."""
-    if not isinstance(node, exp.Column) or not node.table:
+def _table_of(node: exp.Expression, scope: _Scope) -> tuple[_Scope, str] | None:
+    """(the scope whose FROM holds it, its SQL alias) of the one archive or uploaded table that every
+    column of the translated expression ``node`` reads; None for anything else."""
+    aliases = {column.table for column in node.find_all(exp.Column)}
+    if len(aliases) != 1 or not next(iter(aliases)):
         return None
+    alias = aliases.pop()
     level: _Scope | None = scope
     while level is not None:
         for source in level.sources:
-            if source.sql_alias == node.table:
-                uploaded = source.physical and source.parts[0].upper() == "TAP_UPLOAD" and source.sql
-                return (source.sql, node.name) if uploaded else None
+            if source.sql_alias == alias:
+                return (level, alias) if source.physical else None
         level = level.parent
     return None
+
+
+def _only_reads(term: exp.Expression, alias: str) -> bool:
+    """Whether a translated condition reads columns of the table ``alias`` and nothing else."""
+    if term.find(exp.Select, exp.Subquery, exp.Exists) is not None:
+        return False
+    columns = list(term.find_all(exp.Column))
+    return bool(columns) and all(column.table == alias for column in columns)
 
 
 def _arity(low: int, high: int) -> str:

@@ -24,11 +24,12 @@ from service.datalink import links_descriptor
 from service.errors import DALIError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
-from service.storage import DatabaseError, QuerySession, QueryStopped, arrays, quote_identifier
+from service.storage import DatabaseError, QuerySession, QueryStopped, arrays
 from service.tables import TableMeta, TableSet
 from service.tap import geometry, upload
 from service.tap.adql import (
     LATENT_TABLE,
+    NEIGHBOUR_REFERENCES_MAX,
     SIMILARITY_DIMS_TABLE,
     ADQLError,
     Engine,
@@ -170,8 +171,13 @@ def similarity_tables(session: QuerySession, translation: Translation, similarit
         rows = zip(dids, distances, strict=True)
         session.temp_table(table.name, [("did", "text"), ("distance", "double")], rows)
     for table in translation.neighbours:
-        column = quote_identifier(table.column)
-        refs = session.read(f"SELECT DISTINCT {column} FROM {table.source} WHERE {column} IS NOT NULL")
+        refs = session.read(table.references)
+        if len(refs) > NEIGHBOUR_REFERENCES_MAX:
+            raise ADQLError(
+                f"ml_knn: its reference column holds more than {NEIGHBOUR_REFERENCES_MAX} DIDs under the "
+                "query's conditions; narrow them with a condition on the reference's own table "
+                "(WHERE a.obs_publisher_did IN (…), a range of a label, a cone)"
+            )
         pairs = []
         for (ref,) in refs:
             try:

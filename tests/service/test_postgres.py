@@ -232,6 +232,15 @@ def _dids_table(dids: list[str]) -> bytes:
         "SELECT a.obs_publisher_did, ml_distance(a.obs_publisher_did, u.did) AS d, "
         "ml_distance(u.did, a.obs_publisher_did, '1 0') AS d2 FROM ml.latent AS a, TAP_UPLOAD.mine AS u "
         "WHERE u.wanted = 0 ORDER BY d, a.obs_publisher_did",
+        # self-joins: the references are an archive column, narrowed or not by conditions on it
+        "SELECT a.obs_publisher_did AS ref, b.obs_publisher_did AS near FROM ivoa.obscore AS a, ml.latent AS b "
+        "WHERE 1 = ml_knn(b.obs_publisher_did, a.obs_publisher_did, 3) ORDER BY 1, 2",
+        "SELECT a.obs_publisher_did AS ref, b.obs_publisher_did AS near FROM ivoa.obscore AS a JOIN ivoa.obscore AS b "
+        "ON ml_knn(b.obs_publisher_did, a.obs_publisher_did, 4, '1 0') = 1 "
+        "WHERE a.obs_publisher_did IN (SELECT did FROM TAP_UPLOAD.mine) ORDER BY 1, 2",
+        "SELECT o.obs_publisher_did, COUNT(*) AS n FROM ivoa.obscore AS o WHERE o.teff < 5000 AND EXISTS "
+        "(SELECT 1 FROM ml.latent AS l WHERE ml_knn(l.obs_publisher_did, o.obs_publisher_did, 5) = 1 "
+        "AND l.row_index < 100) GROUP BY o.obs_publisher_did ORDER BY 1",
     ],
 )
 def test_similarity_with_column_references_answers_alike(live_server, postgres_live_server, archives, query):
@@ -250,8 +259,8 @@ def test_similarity_with_column_references_answers_alike(live_server, postgres_l
 @pytest.mark.parametrize(
     ("query", "status", "message"),
     [
-        ("SELECT a.obs_id FROM ivoa.obscore AS a, ivoa.obscore AS b "
-         "WHERE 1 = ml_knn(a.obs_publisher_did, b.obs_publisher_did, 3)", 400, "column of an uploaded table"),
+        ("WITH c AS (SELECT obs_publisher_did AS did FROM ivoa.obscore) SELECT a.obs_id FROM ivoa.obscore "
+         "AS a, c WHERE 1 = ml_knn(a.obs_publisher_did, c.did, 3)", 400, "not a subquery or WITH"),
         ("SELECT ml_distance(obs_id, obs_id, obs_id) FROM ivoa.obscore", 400, "dims must be a literal"),
         ("SELECT POINT(obs_id, 3) FROM ivoa.obscore", 400, "expects numbers"),
         ("SELECT TOP 1 POINT(10, 95) FROM ivoa.obscore", 400, "latitude must be within"),
@@ -265,6 +274,26 @@ def test_bad_adql_on_postgresql_is_a_clear_error(postgres_live_server, query, st
     assert response.status_code == status, response.text[-500:]
     assert message in response.text
     assert "Error" not in response.text.replace("ERROR", "")  # no Python class names
+
+
+def test_self_join_with_too_many_references_is_refused(postgres_live_server, monkeypatch):
+    """Each reference DID costs a neighbour search before the query runs: past the bound, a clear 400
+    that says how to narrow the query (and the narrowed query runs)."""
+    from service.tap import sync
+
+    monkeypatch.setattr(sync, "NEIGHBOUR_REFERENCES_MAX", 50)
+    join = (
+        "SELECT COUNT(*) AS n FROM ivoa.obscore AS a, ml.latent AS b "
+        "WHERE 1 = ml_knn(b.obs_publisher_did, a.obs_publisher_did, 3)"
+    )
+    answers = [
+        requests.post(f"{postgres_live_server.url}/tap/sync", data={"LANG": "ADQL", "QUERY": q}, timeout=60)
+        for q in (join, join + " AND a.teff > 9000")
+    ]
+    assert answers[0].status_code == 400 and "more than 50 DIDs" in answers[0].text
+    assert answers[1].status_code == 200, answers[1].text[-500:]
+    rows, _ = _table(answers[1])
+    assert 0 < int(rows[0][0]) <= 3 * 50
 
 
 def test_queries_cannot_write_and_stop_in_time(postgres_live_server, archives):
