@@ -200,6 +200,10 @@ class _Part:
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # raw per-pixel columns by file name
 
 
+#: Which spectra of a file to read: all (None), the one at a source index, or a range of them.
+_Index = int | range | None
+
+
 # ---------------------------------------------------------------------------------------------------
 # public API
 
@@ -234,16 +238,19 @@ def detect_format(path: PathArg) -> str:
             return _classify_fits(path, hdul)[0]
 
 
-def iter_spectra(path: PathArg) -> Iterator[Spectrum]:
-    """Every spectrum of a file in file order, the same as :func:`read_spectra`, one at a time.
+def iter_spectra(path: PathArg, rows: range | None = None) -> Iterator[Spectrum]:
+    """Every spectrum of a file in file order, the same as :func:`read_spectra`, one at a time; or
+    only those at the consecutive ``rows`` (source indices), the others not read.
 
     Lazy where it matters: a table of one spectrum per row is read a block of rows at a time
     (:data:`CHUNK_ROWS`, :data:`CHUNK_BYTES`) from a file held open until the iterator is exhausted or
     closed, so memory stays flat however many rows it has. Spectra on a grid the table shares share
     one read-only wavelength array.
     """
+    if rows is not None and (rows.step != 1 or not rows):
+        raise ValueError("rows must be a non-empty range of consecutive indices")
     count = 0
-    for spectrum in _spectra(path, None):
+    for spectrum in _spectra(path, rows):
         count += 1
         yield spectrum
     if not count:
@@ -265,15 +272,16 @@ def label_key(name: str) -> str:
 # file access and format recognition
 
 
-def _spectra(path: PathArg, index: int | None) -> Iterator[Spectrum]:
-    """The spectra of a file (or the one at ``index``) as the readers produce them; errors name the file."""
+def _spectra(path: PathArg, index: _Index) -> Iterator[Spectrum]:
+    """The spectra of a file (or the one at ``index``, or those in the range ``index``) as the readers
+    produce them; errors name the file."""
     file = _existing_file(path)
     with _named_errors(path):
         kind = _sniff(path, file)
         if kind in ("votable", "text"):
             yield from _select(path, (_read_votable if kind == "votable" else _read_text)(path, file), index)
             return
-        if index is not None and kind == "fits":
+        if isinstance(index, int) and kind == "fits":
             yield from _OPEN_FILES.read(path, file, index)
             return
         with _open_fits(path, file, kind) as hdul:
@@ -574,7 +582,7 @@ def _table_kind(path: PathArg, hdul: fits.HDUList, number: int) -> str | None:
 # FITS readers
 
 
-def _read_fits_image(path: PathArg, hdul: fits.HDUList, number: int, index: int | None) -> list[Spectrum]:
+def _read_fits_image(path: PathArg, hdul: fits.HDUList, number: int, index: _Index) -> list[Spectrum]:
     """A 1-D image with a WCS, or the first row of a short 2-D stack; errors may sit in named HDUs."""
     _positions(path, index, 1)
     data = np.asarray(hdul[number].data, dtype=np.float64).squeeze()
@@ -586,7 +594,7 @@ def _read_fits_image(path: PathArg, hdul: fits.HDUList, number: int, index: int 
     return [_spectrum(path, "fits-image", part, identifier=Path(path).stem)]
 
 
-def _read_lamost_image(path: PathArg, hdul: fits.HDUList, number: int, index: int | None) -> list[Spectrum]:
+def _read_lamost_image(path: PathArg, hdul: fits.HDUList, number: int, index: _Index) -> list[Spectrum]:
     """LAMOST DR1–5: a 5×N primary image, rows flux, inverse variance, wavelength, andmask, ormask."""
     _positions(path, index, 1)
     rows = np.asarray(hdul[number].data, dtype=np.float64).squeeze()
@@ -601,7 +609,7 @@ def _read_fits_tables(
     path: PathArg,
     hdul: fits.HDUList,
     number: int,
-    index: int | None,
+    index: _Index,
     *,
     fmt: str,
     identify: Callable[[_Part, PathArg], str],
@@ -611,7 +619,7 @@ def _read_fits_tables(
         yield _spectrum(path, fmt, part, identifier=identify(part, path))
 
 
-def _read_sdss(path: PathArg, hdul: fits.HDUList, number: int, index: int | None) -> Iterator[Spectrum]:
+def _read_sdss(path: PathArg, hdul: fits.HDUList, number: int, index: _Index) -> Iterator[Spectrum]:
     """SDSS spec-PLATE-MJD-FIBER: COADD table (loglam, flux, ivar, and_mask, wdisp) + SPALL/SPECOBJ row."""
     for part in _table_parts(path, hdul, number, index):
         part.meta = {"bunit": SDSS_FLUX_UNIT} | part.meta | _sdss_object_row(hdul)
@@ -630,7 +638,7 @@ def _read_sdss(path: PathArg, hdul: fits.HDUList, number: int, index: int | None
         )
 
 
-def _table_parts(path: PathArg, hdul: fits.HDUList, number: int, index: int | None) -> Iterator[_Part]:
+def _table_parts(path: PathArg, hdul: fits.HDUList, number: int, index: _Index) -> Iterator[_Part]:
     """Spectra of a binary table: one row per pixel (one spectrum) or array cells (one per row).
 
     Rows of array cells are read a block at a time, so a walk over the whole table holds one block.
@@ -1087,14 +1095,21 @@ def _filled(values: Any) -> np.ndarray:
     return np.asarray(values)
 
 
-def _select(path: PathArg, spectra: list[Spectrum], index: int | None) -> list[Spectrum]:
+def _select(path: PathArg, spectra: list[Spectrum], index: _Index) -> list[Spectrum]:
     return [spectra[i] for i in _positions(path, index, len(spectra))]
 
 
-def _positions(path: PathArg, index: int | None, count: int) -> range | list[int]:
-    """All positions of a file holding ``count`` spectra, or just ``index`` after a range check."""
+def _positions(path: PathArg, index: _Index, count: int) -> range | list[int]:
+    """All positions of a file holding ``count`` spectra, or just ``index`` (a position or a range of
+    them) after a range check."""
     if index is None:
         return range(count)
+    if isinstance(index, range):
+        if not 0 <= index.start < index.stop <= count:
+            raise SpectrumReadError(
+                path, f"rows {index.start} to {index.stop - 1} out of range: the file holds {count} spectra"
+            )
+        return index
     if not 0 <= index < count:
         raise SpectrumReadError(path, f"index {index} out of range: the file holds {count} spectra")
     return [index]

@@ -226,8 +226,8 @@ def read_file_rows(path: Path, collection: str, authority: str, labels: dict[str
 
 
 #: A file is read row by row (each by its index, from the handle model.readers keeps open) when fewer
-#: than 1 in this many of its rows up to the last one wanted are wanted; otherwise it is walked whole,
-#: which costs less per row.
+#: than 1 in this many of its rows from the first wanted to the last are wanted; otherwise those rows
+#: are walked, which costs less per row (a Dask partition, a slice of one file, reads only its slice).
 SPARSE_READ = 4
 
 
@@ -237,11 +237,12 @@ def load_spectra(rows: Sequence) -> Iterator[tuple[int, Spectrum]]:
     for position, row in enumerate(rows):
         by_file[row["source_path"]][row["source_index"]] = position
     for path, wanted in by_file.items():
-        if len(wanted) == 1 or len(wanted) * SPARSE_READ < max(wanted) + 1:  # a sample of a big table
+        first, last = min(wanted), max(wanted)
+        if len(wanted) == 1 or len(wanted) * SPARSE_READ < last - first + 1:  # a sample of a big table
             for index in sorted(wanted):
                 yield wanted[index], read_spectra(path, index=index)[0]
             continue
-        for spectrum in iter_spectra(path):
+        for spectrum in iter_spectra(path, range(first, last + 1)):
             if spectrum.source_index in wanted:
                 yield wanted[spectrum.source_index], spectrum
 

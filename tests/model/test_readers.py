@@ -858,6 +858,16 @@ def test_iter_spectra_equals_read_spectra_across_blocks(
         assert got.source_index == position
     for position in (0, 7, 8, 36):  # one row read alone is the same spectrum too
         _assert_same(read_spectra(path, position)[0], whole[position])
+    for rows in (range(5, 21), range(36, 37), range(0, 37)):  # a slice of rows: those rows, no others
+        sliced = list(iter_spectra(path, rows))
+        assert [s.source_index for s in sliced] == list(rows)
+        for got, want in zip(sliced, whole[rows.start : rows.stop], strict=True):
+            _assert_same(got, want)
+    for rows in (range(30, 38), range(-1, 3)):
+        with pytest.raises(SpectrumReadError, match="out of range: the file holds 37 spectra"):
+            list(iter_spectra(path, rows))
+    with pytest.raises(ValueError, match="consecutive"):
+        list(iter_spectra(path, range(0, 10, 2)))
     for got, made in zip(walked, generate_spectra(37, seed=3, config=config), strict=True):
         assert got.identifier == made.identifier and got.source_format == "fits-multi"
         assert got.labels == pytest.approx(made.labels)
