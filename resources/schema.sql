@@ -175,10 +175,11 @@ CREATE TABLE IF NOT EXISTS ml_map (
 CREATE INDEX IF NOT EXISTS ml_map_row ON ml_map (model_version, method, row_index);
 
 -- == UWS jobs ==
--- TAP asynchronous jobs (/tap/async, UWS 1.1). Written only by the service
--- (service/tap/jobs.py runs this section on its own read-write connection, so archives built
--- before it existed get the table too); never published in TAP_SCHEMA. Instants are UTC
--- text YYYY-MM-DDThh:mm:ss.fffZ (fixed width: they sort as text).
+-- UWS 1.1 jobs: TAP asynchronous queries (/tap/async), label propagation (/ml/propagate),
+-- training (/ml/train). Written only by the service (service/uws/jobs.py runs this section on
+-- its own read-write connection, so archives built before it existed get the table too); never
+-- published in TAP_SCHEMA. Instants are UTC text YYYY-MM-DDThh:mm:ss.fffZ (fixed width: they
+-- sort as text).
 CREATE TABLE IF NOT EXISTS uws_job (
     job_id             TEXT PRIMARY KEY,
     run_id             TEXT,
@@ -197,7 +198,11 @@ CREATE TABLE IF NOT EXISTS uws_job (
     result_size        INTEGER,
     -- host:pid of the process running the job, and when it last said it still does (unix s)
     runner             TEXT,
-    heartbeat          REAL
+    heartbeat          REAL,
+    -- what the job does: tap (also when NULL: jobs stored before kinds), propagate, train
+    kind               TEXT,
+    -- the work's last progress report as JSON (the job document's jobInfo)
+    job_info           TEXT
 );
 CREATE INDEX IF NOT EXISTS uws_job_phase ON uws_job (phase);
 CREATE INDEX IF NOT EXISTS uws_job_creation ON uws_job (creation_time);

@@ -40,6 +40,10 @@ class UsageError(DALIError):
     fault = "UsageFault"
 
 
+class WorkInterrupted(UsageError):
+    """Work stopped before its end: its time ran out, or (for a job) the job was aborted or deleted."""
+
+
 class NotFoundError(DALIError):
     """The thing named does not exist: unknown ID, table, job (404)."""
 

@@ -105,7 +105,7 @@ def warm_up(worker) -> None:
 
 def stop_jobs(_arbiter, worker) -> None:
     """A worker leaving: stop its UWS job threads, so that it exits promptly."""
-    from service.tap.jobs import stop_job_service
+    from service.uws.jobs import stop_job_service
 
     stop_job_service(worker.wsgi)
 

@@ -1,7 +1,7 @@
 """TAP ``/tap/sync``: run one ADQL query on the read-only archive and answer with the result table.
 
 :func:`run_tap` is the one way a TAP query request is answered, synchronously here and by an
-asynchronous job (service.tap.jobs): check the parameters (:func:`tap_request`), open a query
+asynchronous job (service.uws.jobs): check the parameters (:func:`tap_request`), open a query
 session on the archive (:meth:`~service.storage.Database.query_session`: read-only, time-limited,
 on SQLite or PostgreSQL), load the TAP_UPLOAD tables into it (service.tap.upload), run the query
 (:func:`run_query`: translate for that engine, execute, turn cells into DALI values) and write the
@@ -21,7 +21,7 @@ from flask import Response, request
 from model.similarity import exact_search
 from service.dali import OutputFormat, maxrec, output_format, write_result
 from service.datalink import links_descriptor
-from service.errors import DALIError, UsageError
+from service.errors import DALIError, UsageError, WorkInterrupted
 from service.params import Params, request_params
 from service.state import ServedModel, state
 from service.storage import DatabaseError, QuerySession, QueryStopped, arrays
@@ -59,7 +59,7 @@ class QueryResult:
     overflow: bool
 
 
-class QueryInterrupted(UsageError):
+class QueryInterrupted(WorkInterrupted):
     """The database stopped the query: its time ran out, or (for a job) the job was aborted or deleted."""
 
 

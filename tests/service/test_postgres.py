@@ -233,9 +233,11 @@ def _dids_table(dids: list[str]) -> bytes:
         "ml_distance(u.did, a.obs_publisher_did, '1 0') AS d2 FROM ml.latent AS a, TAP_UPLOAD.mine AS u "
         "WHERE u.wanted = 0 ORDER BY d, a.obs_publisher_did",
         # self-joins: the references are an archive column, narrowed or not by conditions on it
-        "SELECT a.obs_publisher_did AS ref, b.obs_publisher_did AS near FROM ivoa.obscore AS a, ml.latent AS b "
+        "SELECT a.obs_publisher_did AS ref, b.obs_publisher_did AS near "
+        "FROM ivoa.obscore AS a, ml.latent AS b "
         "WHERE 1 = ml_knn(b.obs_publisher_did, a.obs_publisher_did, 3) ORDER BY 1, 2",
-        "SELECT a.obs_publisher_did AS ref, b.obs_publisher_did AS near FROM ivoa.obscore AS a JOIN ivoa.obscore AS b "
+        "SELECT a.obs_publisher_did AS ref, b.obs_publisher_did AS near "
+        "FROM ivoa.obscore AS a JOIN ivoa.obscore AS b "
         "ON ml_knn(b.obs_publisher_did, a.obs_publisher_did, 4, '1 0') = 1 "
         "WHERE a.obs_publisher_did IN (SELECT did FROM TAP_UPLOAD.mine) ORDER BY 1, 2",
         "SELECT o.obs_publisher_did, COUNT(*) AS n FROM ivoa.obscore AS o WHERE o.teff < 5000 AND EXISTS "

@@ -12,7 +12,7 @@ from service.storage import DatabaseError, arrays, describe, is_server_url, open
 from service.storage.copy import TABLES
 from service.storage.postgres import postgres_ddl
 from service.storage.sqlite import great_circle_degrees
-from service.tap import jobs
+from service.uws import jobs
 
 
 def _spectrum(did: str, **labels) -> dict:
@@ -226,7 +226,7 @@ def test_two_job_stores_never_claim_one_job(tmp_path, database_location):
             thread.join()
         assert sorted(won) == [False, True]
         assert stores[1].phases([job_id]) == {job_id: jobs.EXECUTING}
-    listed = stores[1].jobs(last=3)
+    listed = stores[1].jobs(jobs.TAP_KIND, last=3)
     assert [j.job_id for j in listed] == [f"{n:016x}" for n in (19, 18, 17)]
     for store in stores:
         store.close()

@@ -17,7 +17,7 @@ import requests
 from astropy.io.votable import parse
 from pyvo.dal import DALQueryError, TAPService
 
-from service.tap import jobs
+from service.uws import jobs
 from tests.conftest import free_url, serving
 from tests.xsd import validate
 

@@ -1,30 +1,32 @@
-"""UWS 1.1 jobs for TAP async: the job store, a bounded runner per process, and a reaper.
+"""UWS 1.1 jobs of every kind: the job store, a bounded runner per process, and a reaper.
 
-Job state lives in the archive database (table ``uws_job``, the last section of
-resources/schema.sql), so every gunicorn worker sees the same jobs and they survive a
-restart; on PostgreSQL, every worker of every host that serves the archive. Request connections
-are read-only; the store has its own read-write connection. Results and inline uploads are files
-under ``<archive root>/jobs/<job_id>/`` (shared storage when several hosts serve); results are
-written atomically (model.atomic).
+A job kind (:class:`JobKind`) is a name, the URL of its job list and the work it runs: TAP queries
+(``/tap/async``), label propagation (``/ml/propagate``), training (``/ml/train``). Everything
+else is shared. Job state lives in the archive database (table ``uws_job``, the last section of
+resources/schema.sql), so every gunicorn worker sees the same jobs and they survive a restart;
+on PostgreSQL, every worker of every host that serves the archive. Request connections are
+read-only; the store has its own read-write connection. Results and inline uploads are files under
+``<archive root>/jobs/<job_id>/`` (shared storage when several hosts serve); results are written
+atomically (model.atomic).
 
 Running: PHASE=RUN moves a job PENDING → QUEUED and hands it to this process's thread pool
 (``[service] job_workers`` threads). A pool thread claims the job (:meth:`JobStore.claim`: on
 PostgreSQL ``SELECT … FOR UPDATE SKIP LOCKED``, so a second claimer on any host skips a job being
 claimed instead of waiting for it; on SQLite under the file's write lock), so one process at most
-runs it, and answers it with the
-same function as /tap/sync (:func:`service.tap.sync.run_tap`) under the job's
-executionDuration: SQLite's progress handler stops the query when the time is up (→ ERROR)
-or when the job is aborted or deleted (→ ABORTED, or gone). Validation happens then, so a
-job with bad ADQL is created and PENDING like any other and ends in ERROR (TAP-03).
+runs it, and runs its kind's work under the job's executionDuration; the work raises
+:class:`~service.errors.WorkInterrupted` when the time is up (→ ERROR) or when the job is aborted
+or deleted (→ ABORTED, or gone). Validation happens then, so a job with bad parameters is
+created and PENDING like any other and ends in ERROR (TAP-03). Work may report its progress
+(the job document's jobInfo).
 
-A monitor thread per process (started with the first /tap/async request) tells running jobs
-that another process aborted or deleted them, heartbeats the jobs it runs, deletes jobs past
-their destruction time with their files, and hands QUEUED jobs nobody runs to the pool (a
-restart leaves those; the claim keeps them from running twice). Decided: a job left EXECUTING
-by a process that died (its heartbeat stale, or its pid gone on this host) becomes ERROR
-"the server restarted while the job ran" rather than being run again behind the client's
-back; the client can run it again. :func:`startup_sweep` does the same once when the app is
-built. Jobs are anonymous (ownerId nil).
+A monitor thread per process (started with the first job request) tells running jobs that
+another process aborted or deleted them, heartbeats the jobs it runs, deletes jobs past their
+destruction time with their files, and hands QUEUED jobs nobody runs to the pool (a restart
+leaves those; the claim keeps them from running twice). Decided: a job left EXECUTING by a
+process that died (its heartbeat stale, or its pid gone on this host) becomes ERROR "the server
+restarted while the job ran" rather than being run again behind the client's back; the client can
+run it again. :func:`startup_sweep` does the same once when the app is built. Jobs are anonymous
+(ownerId nil).
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ from typing import BinaryIO
 from flask import Flask, current_app
 
 from model.atomic import atomic_path
-from service.errors import DALIError, NotFoundError, TransientError, UsageError, internal_error
+from service.errors import (
+    DALIError,
+    NotFoundError,
+    TransientError,
+    UsageError,
+    WorkInterrupted,
+    internal_error,
+)
 from service.params import Params
 from service.storage import Database, DatabaseError, Row, open_database
 from service.tap import upload
@@ -82,6 +91,49 @@ STALE_S = 60.0
 ORPHAN_S = 600.0
 #: Where a removed job's files go (by one rename) before its row is deleted; emptied by every sweep.
 TRASH = ".trash"
+
+
+#: The kind of jobs stored before kinds existed (their ``kind`` is NULL).
+TAP_KIND = "tap"
+
+
+@dataclass
+class JobRun:
+    """What a job's work is given: the job, its uploads, its time, whether to stop, where to report."""
+
+    job: Job
+    parts: upload.PartReader
+    #: Seconds the work may take (None: no limit); past them it raises WorkInterrupted.
+    duration: float | None
+    #: True once the job is aborted or deleted (or the service stops): stop, raising WorkInterrupted.
+    cancelled: Callable[[], bool]
+    #: Progress for the job document's jobInfo (a small JSON object, replacing the last one).
+    report: Callable[[dict], None]
+    #: The job's own directory, for files the work keeps beside its result.
+    directory: Path
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of job: its stored name, the URL path of its job list, and its work, which returns
+    the result (body, MIME type). ``duration`` and ``max_duration`` replace the service's
+    ``job_duration`` and ``job_max_duration`` for this kind; ``max_active`` bounds its jobs QUEUED or
+    EXECUTING at once (0: no bound), past which PHASE=RUN is refused."""
+
+    name: str
+    path: str
+    run: Callable[[JobRun], tuple[bytes, str]]
+    duration: int | None = None
+    max_duration: int | None = None
+    max_active: int = 0
+
+
+_KINDS = "latentvo_job_kinds"
+
+
+def register_kind(app: Flask, kind: JobKind) -> None:
+    """Make ``kind`` runnable by the app's job service (its blueprint does this when registered)."""
+    app.extensions.setdefault(_KINDS, {})[kind.name] = kind
 
 
 class JobStateError(DALIError):
@@ -143,10 +195,15 @@ class Job:
     error_message: str | None
     result_mime: str | None
     result_size: int | None
+    kind: str = TAP_KIND
+    #: The work's last progress report (jobInfo), or None.
+    info: dict | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
         return cls(
+            kind=row["kind"] or TAP_KIND,
+            info=json.loads(row["job_info"]) if row["job_info"] else None,
             job_id=row["job_id"],
             run_id=row["run_id"],
             phase=row["phase"],
@@ -194,9 +251,10 @@ class JobStore:
 
     def insert(self, job: Job) -> None:
         self.execute(
-            "INSERT INTO uws_job (job_id, run_id, phase, creation_time, execution_duration, destruction, "
-            "parameters) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO uws_job (kind, job_id, run_id, phase, creation_time, execution_duration, "
+            "destruction, parameters) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
+                job.kind,
                 job.job_id,
                 job.run_id,
                 job.phase,
@@ -213,10 +271,15 @@ class JobStore:
         return None if row is None else Job.from_row(row)
 
     def jobs(
-        self, phases: Sequence[str] = (), after: datetime | None = None, last: int | None = None
+        self,
+        kind: str,
+        phases: Sequence[str] = (),
+        after: datetime | None = None,
+        last: int | None = None,
     ) -> list[Job]:
-        """UWS-12: PHASE (any of), AFTER (created later), LAST (the newest n, newest first), ANDed."""
-        where, args = [], []
+        """UWS-12 over the jobs of one kind: PHASE (any of), AFTER (created later), LAST (the newest n,
+        newest first), ANDed."""
+        where, args = ["COALESCE(kind, ?) = ?"], [TAP_KIND, kind]
         if phases:
             where.append(f"phase IN ({','.join('?' * len(phases))})")
             args.extend(phases)
@@ -276,6 +339,12 @@ class JobStore:
 
     def delete(self, job_id: str) -> bool:
         return self.execute("DELETE FROM uws_job WHERE job_id = ?", (job_id,)).rowcount == 1
+
+    def active(self, kind: str) -> int:
+        """How many jobs of ``kind`` are QUEUED or EXECUTING."""
+        sql = "SELECT count(*) FROM uws_job WHERE COALESCE(kind, ?) = ? AND phase IN (?, ?)"
+        with self.lock:
+            return int(self.db.scalar(sql, (TAP_KIND, kind, QUEUED, EXECUTING)))
 
     def ids(self, sql: str, args: Sequence = ()) -> list[str]:
         with self.lock:
@@ -363,28 +432,33 @@ class JobService:
 
     # -- lifecycle
 
-    def get(self, job_id: str) -> Job:
-        """The job; one past its destruction time is removed now rather than at the next sweep."""
+    def kind(self, name: str) -> JobKind:
+        return self.app.extensions[_KINDS][name]
+
+    def get(self, job_id: str, kind: str | None = None) -> Job:
+        """The job (of ``kind``, when given: another kind's job is not found under this one's URLs);
+        one past its destruction time is removed now rather than at the next sweep."""
         job = self.store.get(job_id) if _plausible(job_id) else None
         if job is not None and job.destruction < now():
             self._cancel(job_id)
             remove_job(self.store, self.root, job_id)
             job = None
-        if job is None:
+        if job is None or (kind is not None and job.kind != kind):
             raise NotFoundError(f"no job {job_id!r} (it may have been deleted or destroyed)")
         return job
 
-    def create(self, params: Params) -> Job:
+    def create(self, params: Params, kind: str = TAP_KIND) -> Job:
         """A new PENDING job from a creation POST (queued at once with PHASE=RUN, UWS-04)."""
         created = now()
         job = Job(
+            kind=kind,
             job_id=secrets.token_hex(8),
             run_id=None,
             phase=PENDING,
             creation_time=created,
             start_time=None,
             end_time=None,
-            execution_duration=int(self.config["job_duration"]),
+            execution_duration=self._duration_default(kind),
             destruction=created + timedelta(seconds=int(self.config["job_retention"])),
             parameters={},
             error_type=None,
@@ -397,7 +471,7 @@ class JobService:
         job.run_id = runs[-1] if runs else None
         duration = params.get_int("EXECUTIONDURATION", minimum=0)
         if duration is not None:
-            job.execution_duration = self.clamp_duration(duration)
+            job.execution_duration = self.clamp_duration(duration, kind)
         if params.get("DESTRUCTION"):
             wanted = parse_instant(params.get("DESTRUCTION"), "DESTRUCTION")
             job.destruction = self.clamp_destruction(job, wanted)
@@ -456,9 +530,14 @@ class JobService:
             kept.append(f"{name},param:{name}")
         return kept
 
-    def clamp_duration(self, seconds: int) -> int:
-        """executionDuration within (0, job_max_duration]; 0 (unlimited) means the maximum."""
-        hard = int(self.config["job_max_duration"])
+    def _duration_default(self, kind: str) -> int:
+        found = self.kind(kind).duration
+        return int(self.config["job_duration"]) if found is None else found
+
+    def clamp_duration(self, seconds: int, kind: str = TAP_KIND) -> int:
+        """executionDuration within (0, the kind's maximum]; 0 (unlimited) means the maximum."""
+        found = self.kind(kind).max_duration
+        hard = int(self.config["job_max_duration"]) if found is None else found
         if hard <= 0:
             return seconds
         return hard if seconds == 0 else min(seconds, hard)
@@ -470,7 +549,8 @@ class JobService:
 
     def set_duration(self, job_id: str, seconds: int) -> None:
         job = self.get(job_id)
-        if not self.store.change(job_id, (PENDING,), execution_duration=self.clamp_duration(seconds)):
+        clamped = self.clamp_duration(seconds, job.kind)
+        if not self.store.change(job_id, (PENDING,), execution_duration=clamped):
             raise JobStateError(pending_only(job.phase, "the execution duration"))
 
     def set_destruction(self, job_id: str, moment: datetime) -> None:
@@ -478,8 +558,15 @@ class JobService:
         self.store.change(job_id, None, destruction=self.clamp_destruction(job, moment))
 
     def run(self, job_id: str) -> None:
-        """PHASE=RUN: PENDING → QUEUED, handed to the pool; no change in any other phase (UWS-05)."""
-        self.get(job_id)
+        """PHASE=RUN: PENDING → QUEUED, handed to the pool; no change in any other phase (UWS-05).
+        Refused (503, the job stays PENDING) while its kind has ``max_active`` jobs queued or running."""
+        job = self.get(job_id)
+        bound = self.kind(job.kind).max_active
+        if job.phase in (PENDING, "HELD") and bound and self.store.active(job.kind) >= bound:
+            raise TransientError(
+                f"{bound} jobs of this kind are queued or running, the most this service runs at once; "
+                "run this one again when one of them has ended"
+            )
         if self.store.change(job_id, (PENDING, "HELD"), phase=QUEUED):
             self._notify()
             self.submit(job_id)
@@ -544,23 +631,27 @@ class JobService:
             self._notify()
 
     def _run_claimed(self, job_id: str, cancel: threading.Event) -> None:
-        # Imported here: sync loads the blueprint, whose route modules import this module.
-        from service.tap.sync import QueryInterrupted, run_tap
-
         job = self.store.get(job_id)
         if job is None:
             return
         duration = job.execution_duration or None
+        run = JobRun(
+            job=job,
+            parts=self._parts(job_id),
+            duration=duration,
+            cancelled=cancel.is_set,
+            report=lambda info: self.store.change(job_id, (EXECUTING,), job_info=json.dumps(info)),
+            directory=self.directory(job_id),
+        )
         try:
             with self.app.app_context():
-                response = run_tap(job.params(), self._parts(job_id), duration, cancel.is_set)
-                body = response.get_data()
-            self._finish(job_id, body, response.content_type)
-        except QueryInterrupted:
+                body, mime = self.kind(job.kind).run(run)
+            self._finish(job_id, body, mime)
+        except WorkInterrupted:
             if not cancel.is_set():
                 message = (
                     f"UsageFault: the job ran longer than its execution duration of {duration} s; "
-                    "narrow the query down or ask for a longer EXECUTIONDURATION"
+                    "narrow it down or ask for a longer EXECUTIONDURATION"
                 )
                 self._fail(job_id, message, "fatal")
         except DALIError as exc:
@@ -708,6 +799,7 @@ def _plausible(job_id: str) -> bool:
 
 _create_lock = threading.Lock()
 _EXTENSION = "latentvo_jobs"
+_SWEPT = "latentvo_jobs_swept"
 
 
 def job_service() -> JobService:
@@ -733,8 +825,12 @@ def stop_job_service(app: Flask) -> None:
 def startup_sweep(app: Flask) -> None:
     """Once when the app is built: reap expired jobs and those a dead process left EXECUTING.
 
-    Threads start later, with the first /tap/async request (a forking server would lose them).
+    Threads start later, with the first job request (a forking server would lose them). Every
+    blueprint with jobs asks for it; it runs once per app.
     """
+    if app.extensions.get(_SWEPT):
+        return
+    app.extensions[_SWEPT] = True
     st = app.extensions["latentvo"]
     if st.database is not None and not st.database.exists():
         return
