@@ -15,7 +15,7 @@ the loop of an active-learning session.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,11 +49,21 @@ def knn_graph(neighbours: np.ndarray) -> sparse.csr_matrix:
 def index_graph(index: LatentIndex, k: int) -> sparse.csr_matrix:
     """:func:`knn_graph` of the k nearest neighbours (self included) that the served Annoy index finds:
     one query per spectrum, memory O(n k)."""
+    return knn_graph(index_neighbours(index, k))
+
+
+def index_neighbours(
+    index: LatentIndex, k: int, check: Callable[[], None] | None = None, every: int = 4096
+) -> np.ndarray:
+    """Row numbers ``(n, k)`` of each spectrum's k nearest neighbours in the index (self included);
+    ``check`` is called every ``every`` rows (to stop a long build by raising)."""
     n = index.meta.n_items
     neighbours = np.empty((n, min(k, n)), dtype=np.int64)
     for row in range(n):
+        if check is not None and row % every == 0:
+            check()
         neighbours[row] = index.query_row(row, k)[0]
-    return knn_graph(neighbours)
+    return neighbours
 
 
 def exact_graph(latents: np.ndarray, k: int, dims: Sequence[int] | None = None) -> sparse.csr_matrix:

@@ -17,8 +17,9 @@ from service.votable import VOTABLE_MIME, error_document
 
 log = logging.getLogger(__name__)
 #: Paths answered with DALI error documents rather than HTML error pages.
-PROTOCOL_PREFIXES = ("/tap", "/ssa", "/datalink", "/data", "/similar")
-#: Paths of the JSON endpoints: their errors are JSON too.
+PROTOCOL_PREFIXES = ("/tap", "/ssa", "/datalink", "/data", "/similar", "/ml/propagate", "/ml/capabilities")
+PROTOCOL_PREFIXES += ("/ml/availability",)
+#: Paths of the JSON endpoints (other than the protocol ones above): their errors are JSON too.
 JSON_PREFIXES = ("/explore/decode", "/explore/map", "/ml")
 #: Scripts, styles and vendored libraries of the explorer pages.
 STATIC_FOLDER = str(Path(__file__).parent / "static")
@@ -34,7 +35,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["latentvo"] = ServiceState(config)
     app.teardown_appcontext(release_archive)
 
-    from service import data, datalink, explore, ml, similar, ssap, web
+    from service import data, datalink, explore, learn, ml, similar, ssap, web
     from service.tap import blueprint as tap
 
     app.register_blueprint(web.bp)
@@ -46,6 +47,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(similar.bp, url_prefix="/similar")
     app.register_blueprint(explore.bp, url_prefix="/explore")
     app.register_blueprint(ml.bp, url_prefix="/ml")
+    app.register_blueprint(learn.bp, url_prefix="/ml")
 
     app.register_error_handler(DALIError, dali_error)
     app.register_error_handler(DatabaseError, database_error)
@@ -64,7 +66,7 @@ def dali_error(exc: DALIError) -> Response:
 
 
 def http_error(exc: HTTPException) -> Response | HTTPException:
-    if request.path.startswith(JSON_PREFIXES):
+    if wants_json():
         return json_error(exc)
     if request.path.startswith(PROTOCOL_PREFIXES):
         fault = "NotFoundFault" if exc.code == 404 else "UsageFault"
@@ -75,19 +77,24 @@ def http_error(exc: HTTPException) -> Response | HTTPException:
     return exc
 
 
+def wants_json() -> bool:
+    """Whether the request went to a JSON endpoint, whose errors are JSON too."""
+    return request.path.startswith(JSON_PREFIXES) and not request.path.startswith(PROTOCOL_PREFIXES)
+
+
 def database_error(exc: DatabaseError) -> Response:
     """A lost or busy database is the client's to retry (503); anything else is ours (500)."""
     if not exc.transient:
         return server_error(exc)
     busy = TransientError("the archive database is busy or out of reach; try again shortly")
-    if request.path.startswith(JSON_PREFIXES):
+    if wants_json():
         return json_error(busy)
     return dali_error(busy)
 
 
 def server_error(exc: Exception) -> Response:
     message = internal_error(log, f"unexpected error on {request.path}")
-    if request.path.startswith(JSON_PREFIXES):
+    if wants_json():
         return json_error(DALIError(message.removeprefix("FatalFault: ")))
     return error_response(message, 500)
 

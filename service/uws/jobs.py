@@ -116,16 +116,17 @@ class JobRun:
 @dataclass(frozen=True)
 class JobKind:
     """One kind of job: its stored name, the URL path of its job list, and its work, which returns
-    the result (body, MIME type). ``duration`` and ``max_duration`` replace the service's
-    ``job_duration`` and ``job_max_duration`` for this kind; ``max_active`` bounds its jobs QUEUED or
+    the result (body, MIME type).
+
+    ``settings`` (section, prefix) names the configuration keys that replace the service's own for
+    this kind: ``<prefix>_duration`` and ``<prefix>_max_duration`` (for ``[service] job_duration``
+    and ``job_max_duration``), and ``<prefix>_max_active``, the most jobs of this kind QUEUED or
     EXECUTING at once (0: no bound), past which PHASE=RUN is refused."""
 
     name: str
     path: str
     run: Callable[[JobRun], tuple[bytes, str]]
-    duration: int | None = None
-    max_duration: int | None = None
-    max_active: int = 0
+    settings: tuple[str, str] | None = None
 
 
 _KINDS = "latentvo_job_kinds"
@@ -530,14 +531,20 @@ class JobService:
             kept.append(f"{name},param:{name}")
         return kept
 
+    def setting(self, kind: str, key: str) -> int:
+        """One of the kind's limits (:class:`JobKind`), or the service's ``job_<key>``."""
+        settings = self.kind(kind).settings
+        if settings is not None:
+            section, prefix = settings
+            return int(self.app.extensions["latentvo"].config[section][f"{prefix}_{key}"])
+        return int(self.config.get(f"job_{key}", 0))
+
     def _duration_default(self, kind: str) -> int:
-        found = self.kind(kind).duration
-        return int(self.config["job_duration"]) if found is None else found
+        return self.setting(kind, "duration")
 
     def clamp_duration(self, seconds: int, kind: str = TAP_KIND) -> int:
         """executionDuration within (0, the kind's maximum]; 0 (unlimited) means the maximum."""
-        found = self.kind(kind).max_duration
-        hard = int(self.config["job_max_duration"]) if found is None else found
+        hard = self.setting(kind, "max_duration")
         if hard <= 0:
             return seconds
         return hard if seconds == 0 else min(seconds, hard)
@@ -561,7 +568,7 @@ class JobService:
         """PHASE=RUN: PENDING → QUEUED, handed to the pool; no change in any other phase (UWS-05).
         Refused (503, the job stays PENDING) while its kind has ``max_active`` jobs queued or running."""
         job = self.get(job_id)
-        bound = self.kind(job.kind).max_active
+        bound = self.setting(job.kind, "max_active")
         if job.phase in (PENDING, "HELD") and bound and self.store.active(job.kind) >= bound:
             raise TransientError(
                 f"{bound} jobs of this kind are queued or running, the most this service runs at once; "
