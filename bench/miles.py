@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,17 @@ from service.config import load_config  # noqa: E402
 LABELS = ("teff", "logg", "feh", "rv", "snr")
 
 
-def write_augmented(miles_dir: Path, path: Path, copies: int, seed: int) -> None:
-    """COPIES Doppler-shifted, noisy versions of every MILES star, on the original air grid."""
+def write_augmented(
+    miles_dir: Path,
+    path: Path,
+    copies: int,
+    seed: int,
+    alter: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> None:
+    """COPIES Doppler-shifted, noisy versions of every MILES star, on the original air grid.
+
+    ``alter(row, wavelength, flux)`` may change a row's rest-frame flux first (bench/bestars.py
+    adds emission lines)."""
     rng = np.random.default_rng(seed)
     with fits.open(miles_dir / "miles_spectra.fits") as hdus:
         table = hdus["SPECTRA"].data
@@ -62,6 +72,8 @@ def write_augmented(miles_dir: Path, path: Path, copies: int, seed: int) -> None
         snr = np.exp(rng.uniform(np.log(10), np.log(200), total))
         for i in range(total):
             source = np.asarray(table["flux"][star[i]], float)
+            if alter is not None:
+                source = alter(i, wave, source)
             shifted = np.interp(wave, wave * (1 + rv[i] / C_KMS), source, left=np.nan, right=np.nan)
             sigma = np.nanmedian(np.abs(source)) / snr[i]
             flux[i] = shifted + rng.normal(0, sigma, len(wave))

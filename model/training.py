@@ -6,7 +6,7 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -150,8 +150,13 @@ def train(
     rv_anchor: np.ndarray | None = None,
     resolving_power: float = 0.0,
     log_continuum: np.ndarray | None = None,
+    initial_state: dict | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Fit a :class:`SpectrumVAE` to ``flux`` (n, p) with good-pixel mask ``good`` (n, p).
+
+    ``initial_state`` (a state dict of a model of the same architecture) starts from trained
+    weights: fine-tuning. ``on_epoch`` gets each epoch's record (losses) as it ends.
 
     ``pixel_kms`` is the grid's velocity step, needed when ``config.velocity_dim`` is on.
     ``noise`` (n, p) is each pixel's σ in normalised flux, NaN where unknown (see
@@ -176,6 +181,8 @@ def train(
     if config.continuum_channel and log_continuum is None:
         raise ValueError("continuum_channel needs the spectra's log continuum (continuum normalisation)")
     model = SpectrumVAE(vae_config).to(device)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -251,6 +258,8 @@ def train(
             **{f"val_{k}": v for k, v in val.items()},
         }
         history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
         bar.set_postfix(loss=f"{train_loss:.1f}", val=f"{val['loss']:.1f}", kl=f"{train_kl:.1f}")
         # Early stopping only once β has reached its final value, so losses are comparable.
         if epoch + 1 >= config.kl_warmup_epochs:

@@ -207,3 +207,25 @@ CREATE TABLE IF NOT EXISTS uws_job (
 CREATE INDEX IF NOT EXISTS uws_job_phase ON uws_job (phase);
 CREATE INDEX IF NOT EXISTS uws_job_creation ON uws_job (creation_time);
 CREATE INDEX IF NOT EXISTS uws_job_destruction ON uws_job (destruction);
+
+-- Label sets of the active-learning page (/explore/label): answers an astronomer gives, saved as
+-- each is given under an unguessable id, and kept like jobs (until their destruction time, which
+-- every answer moves on; removed by the job reaper).
+CREATE TABLE IF NOT EXISTS label_set (
+    set_id            TEXT PRIMARY KEY,
+    created           TEXT NOT NULL,
+    destruction       TEXT NOT NULL,
+    -- the classes offered, as a JSON list of names
+    classes           TEXT NOT NULL,
+    -- propagation runs started from the set, and the URL of the last one's job
+    rounds            INTEGER NOT NULL,
+    last_job          TEXT
+);
+CREATE TABLE IF NOT EXISTS label_answer (
+    set_id            TEXT NOT NULL REFERENCES label_set (set_id) ON DELETE CASCADE,
+    obs_publisher_did TEXT NOT NULL,
+    -- one of the classes of the set, or "not sure", or "bad"
+    label             TEXT NOT NULL,
+    answered          TEXT NOT NULL,
+    PRIMARY KEY (set_id, obs_publisher_did)
+);

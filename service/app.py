@@ -17,10 +17,10 @@ from service.votable import VOTABLE_MIME, error_document
 
 log = logging.getLogger(__name__)
 #: Paths answered with DALI error documents rather than HTML error pages.
-PROTOCOL_PREFIXES = ("/tap", "/ssa", "/datalink", "/data", "/similar", "/ml/propagate", "/ml/capabilities")
-PROTOCOL_PREFIXES += ("/ml/availability",)
+PROTOCOL_PREFIXES = ("/tap", "/ssa", "/datalink", "/data", "/similar")
+PROTOCOL_PREFIXES += ("/ml/propagate", "/ml/train", "/ml/capabilities", "/ml/availability")
 #: Paths of the JSON endpoints (other than the protocol ones above): their errors are JSON too.
-JSON_PREFIXES = ("/explore/decode", "/explore/map", "/ml")
+JSON_PREFIXES = ("/explore/decode", "/explore/map", "/explore/labelsets", "/ml")
 #: Scripts, styles and vendored libraries of the explorer pages.
 STATIC_FOLDER = str(Path(__file__).parent / "static")
 SERVER_HEADER = f"latentvo/{__version__} (Flask; IVOA TAP 1.1, SSAP 1.1, DataLink 1.1)"
@@ -62,7 +62,10 @@ def error_response(message: str, status: int) -> Response:
 
 
 def dali_error(exc: DALIError) -> Response:
-    return error_response(exc.text(), exc.status)
+    response = error_response(exc.text(), exc.status)
+    for name, value in exc.headers:  # a 401's challenge, say
+        response.headers[name] = value
+    return response
 
 
 def http_error(exc: HTTPException) -> Response | HTTPException:

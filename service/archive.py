@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -231,6 +232,17 @@ class Archive:
         sets = ",".join(f"{name} = ?" for name in fields)
         with self.transaction() as db:
             db.execute(f"UPDATE ml_model SET {sets} WHERE model_version = ?", (*fields.values(), version))
+
+    def remove_model(self, version: int) -> None:
+        """Remove a version that is not in service: its rows, then its directory (a training run that
+        was stopped leaves nothing behind)."""
+        with self.transaction() as db:
+            current = db.scalar("SELECT is_current FROM ml_model WHERE model_version = ?", (version,))
+            if current:
+                raise ValueError(f"model version {version} is in service; put another in service first")
+            for table in ("ml_map", "ml_label_correlation", "ml_latent", "ml_model"):
+                db.execute(f"DELETE FROM {table} WHERE model_version = ?", (version,))
+        shutil.rmtree(self.model_dir(version), ignore_errors=True)
 
     def make_current(self, version: int) -> None:
         """Swap the version in service in one transaction (readers see the old or the new, never neither)."""

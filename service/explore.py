@@ -12,6 +12,8 @@ list per quantity, the same order in each) so that 10⁵ points load in one smal
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
@@ -22,7 +24,11 @@ from werkzeug.exceptions import HTTPException
 
 from service.datalink import MAX_K
 from service.errors import DALIError, NotFoundError, UsageError, json_error
+from service.labels import LabelSets, class_names
+from service.propagation import read_label_table
 from service.state import state
+from service.tap import upload
+from service.uws.jobs import job_service
 from service.web import service_description
 
 bp = Blueprint("explore", __name__, template_folder="templates")
@@ -43,6 +49,7 @@ PAGES = {
     "/sliders": ("sliders", "explore/sliders.html"),
     "/similar": ("similar", "explore/similar.html"),
     "/correlations": ("correlations", "explore/correlations.html"),
+    "/label": ("label", "explore/label.html"),
 }
 
 
@@ -155,3 +162,74 @@ def latent_vector(body: object, latent_dim: int) -> np.ndarray:
     if not all(math.isfinite(v) and abs(v) <= MAX_ABS_Z for v in values):
         raise UsageError(f"z must be finite and within ±{MAX_ABS_Z:g}")
     return np.asarray(values, dtype=np.float32)
+
+
+# -- label sets (the active-learning page) -----------------------------------------------------------
+
+
+def label_sets() -> LabelSets:
+    return LabelSets(job_service().store, int(state().config["service"]["job_retention"]))
+
+
+@bp.post("/labelsets")
+def create_label_set() -> tuple[Response, int]:
+    """A new label set: ``{"classes": [...]}`` (may be empty: a label table brings its own)."""
+    body = request.get_json(silent=True)
+    if body is not None and not isinstance(body, dict):
+        raise UsageError('the body must be a JSON object {"classes": [...]}')
+    found = label_sets().create(class_names((body or {}).get("classes", [])))
+    answer = jsonify(found.to_json() | {"url": state().url(f"explore/label?set={found.set_id}")})
+    return answer, 201
+
+
+@bp.get("/labelsets/<set_id>")
+def label_set(set_id: str) -> Response:
+    return jsonify(label_sets().get(set_id).to_json())
+
+
+@bp.post("/labelsets/<set_id>/answers")
+def answer_label_set(set_id: str) -> Response:
+    """Answers, saved at once: JSON ``{"answers": [{"obs_publisher_did", "label"}, …]}`` (label null
+    takes an answer back), or a label table (VOTable or CSV) as the multipart part ``labels``."""
+    sets = label_sets()
+    sets.get(set_id)  # 404 before reading anything
+    table = request.files.get("labels")
+    if table is not None:
+        limit = int(state().config["service"]["upload_limit"])
+        dids, labels = read_label_table(upload.read_stream(table.stream, limit, "labels"))
+        given = [(d, lab or None) for d, lab in zip(dids, labels, strict=True) if lab]
+    else:
+        body = request.get_json(silent=True)
+        items = body.get("answers") if isinstance(body, dict) else None
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise UsageError('send {"answers": [{"obs_publisher_did": …, "label": …}]} or a label table')
+        given = [(item.get("obs_publisher_did"), item.get("label")) for item in items]
+    served = state().served_model()
+    for did, label in given:
+        if not isinstance(did, str) or served.row_of(did) is None:
+            raise UsageError(f"{did!r} is no spectrum of the model in service")
+        if label is not None and not isinstance(label, str):
+            raise UsageError("each label must be a text (a class, 'not sure' or 'bad') or null")
+    most = int(state().config["ml"]["propagate_max_labels"])
+    return jsonify(sets.answer(set_id, given, most).to_json())
+
+
+@bp.get("/labelsets/<set_id>/labels.csv")
+def label_set_table(set_id: str) -> Response:
+    """The class answers as the label table /ml/propagate takes (obs_publisher_did, label)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(["obs_publisher_did", "label"])
+    writer.writerows(label_sets().get(set_id).labelled().items())
+    return Response(buffer.getvalue(), mimetype="text/csv")
+
+
+@bp.post("/labelsets/<set_id>/rounds")
+def label_set_round(set_id: str) -> Response:
+    """``{"job": <URL of the /ml/propagate job started from the set>}``: one more round."""
+    body = request.get_json(silent=True)
+    job = body.get("job") if isinstance(body, dict) else None
+    prefix = state().url("ml/propagate/")
+    if not isinstance(job, str) or not job.startswith(prefix):
+        raise UsageError(f'send {{"job": "{prefix}<job id>"}}: the propagation job of this round')
+    return jsonify(label_sets().new_round(set_id, job).to_json())

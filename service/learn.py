@@ -1,4 +1,6 @@
-"""/ml job services: label propagation (``/ml/propagate``) as UWS 1.1 jobs, with their VOSI resources.
+"""/ml job services as UWS 1.1 jobs, with their VOSI resources: label propagation (``/ml/propagate``,
+open to all, bounded) and training (``/ml/train``, the operator's only: service.ml.require_operator
+guards every request to it).
 
 Jobs share the machinery, persistence and restart behaviour of ``/tap/async`` (service.uws);
 errors are DALI error documents. ``/ml/capabilities`` declares the job list as a UWS 1.1
@@ -10,8 +12,10 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from service import vosi
+from service.ml import require_operator
 from service.propagation import run_propagation
 from service.state import state
+from service.training import run_training
 from service.uws.jobs import JobKind
 from service.uws.rest import UWS_STANDARD, add_job_routes
 
@@ -19,7 +23,10 @@ bp = Blueprint("learn", __name__)
 
 PROPAGATE = JobKind("propagate", "ml/propagate", run_propagation, settings=("ml", "propagate"))
 
+TRAIN = JobKind("train", "ml/train", run_training, settings=("ml", "train"))
+
 add_job_routes(bp, "/propagate", PROPAGATE)
+add_job_routes(bp, "/train", TRAIN, guard=require_operator)
 
 #: The parameters of a propagation job, as /ml/capabilities declares them.
 PROPAGATE_PARAMS = (

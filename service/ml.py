@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from model.api import INDEX_FILE, MEAN_FILE
 from model.checkpoint import CONFIG_FILE
+from service import pipeline
 from service.archive import Archive
 from service.errors import (
     AuthenticationError,
@@ -103,7 +104,7 @@ def promote(version: str) -> Response:
     previous = archive.current_version()
     writer = Archive.from_config(state().config)  # request connections are read-only
     try:
-        writer.make_current(int(version))
+        pipeline.promote(writer, int(version))
     finally:
         writer.close()
     return jsonify(model_version=int(version), is_current=True, previous=previous)

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -39,7 +39,7 @@ from model.api import (
 )
 from model.atomic import write_json_atomic, write_npy_atomic
 from model.augment import degrade
-from model.checkpoint import save_checkpoint
+from model.checkpoint import grid_of, load_checkpoint, save_checkpoint
 from model.ood import OOD_FILE, OODReference, sample_rows
 from model.preprocess import Grid, Matching, OnGrid, prepare_augmented, prepare_many
 from model.readers import iter_spectra, label_key, read_spectra, stellar_class
@@ -297,20 +297,52 @@ def velocity_anchor(
     return own[np.asarray(groups)] + np.asarray(rv_added, dtype=np.float64)
 
 
-def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
-    """Train a new model version on the whole archive; returns its version number."""
+def train_model(
+    archive: Archive,
+    config: dict,
+    progress: bool = True,
+    *,
+    dids: Sequence[str] | None = None,
+    overrides: dict | None = None,
+    from_version: int | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    provenance: dict | None = None,
+) -> int:
+    """Train a new model version; returns its version number.
+
+    On the whole archive, or on the spectra ``dids`` names. ``overrides`` replace ``[model]`` settings
+    (TrainConfig names: epochs, latent_dim, kl_weight, seed). ``from_version`` fine-tunes that
+    version: its weights, grid, matching and training settings are the start, ``overrides`` on top
+    (its latent dimension cannot change). ``on_epoch`` gets each epoch's losses; ``provenance`` is
+    kept in the version's checkpoint beside the training-set hash.
+    """
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index, rv")
+    if dids is not None:
+        wanted = set(dids)
+        rows = [row for row in rows if row["obs_publisher_did"] in wanted]
     if len(rows) < 2:
-        raise ValueError("the archive needs at least two spectra before training")
+        raise ValueError("training needs at least two spectra")
     section = config["model"]
+    initial_state = None
+    if from_version is None:
+        train_config = TrainConfig.from_mapping({**section, **(overrides or {})})
+        grid = fit_grid(archive, config)
+        matching = archive_matching(archive, config)
+    else:
+        source_model, source = load_checkpoint(archive.model_dir(from_version))
+        train_config = TrainConfig.from_mapping({**source["train"], **(overrides or {})})
+        if train_config.latent_dim != source["train"]["latent_dim"]:
+            raise ValueError(
+                f"fine-tuning keeps the latent dimension of version {from_version} "
+                f"({source['train']['latent_dim']}); train a new model for another one"
+            )
+        grid, matching = grid_of(source), Matching.from_dict(source.get("matching"))
+        initial_state = source_model.state_dict()
     limit = section["max_train_spectra"]
     if 0 < limit < len(rows):
-        chosen = np.random.default_rng(section["seed"]).choice(len(rows), size=limit, replace=False)
+        chosen = np.random.default_rng(train_config.seed).choice(len(rows), size=limit, replace=False)
         rows = [rows[i] for i in np.sort(chosen)]
-    grid = fit_grid(archive, config)
-    matching = archive_matching(archive, config)
     spectra = read_rows(rows, progress)
-    train_config = TrainConfig.from_mapping(section)
     data = prepare_augmented(
         spectra,
         grid,
@@ -319,7 +351,7 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
         snr_range=None
         if train_config.augment_instrument
         else (section["augment_snr_min"], section["augment_snr_max"]),
-        seed=section["seed"],
+        seed=train_config.seed,
         matching=matching,
     )
     result = train(
@@ -335,6 +367,8 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
         ),
         resolving_power=matching.resolving_power,
         log_continuum=data.log_continuum,
+        initial_state=initial_state,
+        on_epoch=on_epoch,
     )
     version = archive.next_model_version()
     checkpoint = {
@@ -350,6 +384,8 @@ def train_model(archive: Archive, config: dict, progress: bool = True) -> int:
         "history": result.history,
         "created": utc_now(),
     }
+    if provenance:
+        checkpoint["provenance"] = provenance
     save_checkpoint(archive.model_dir(version), result.model, checkpoint)
     archive.add_model(version, checkpoint, result.metrics)
     return version
@@ -677,8 +713,15 @@ def degraded_copies(
     return out_flux.numpy(), out_good.numpy()
 
 
-def build_index(archive: Archive, config: dict, version: int | None = None, progress: bool = True) -> dict:
-    """Annoy index over the similarity dimensions, tuned to the recall target, then swapped in."""
+def build_index(
+    archive: Archive,
+    config: dict,
+    version: int | None = None,
+    progress: bool = True,
+    make_current: bool = True,
+) -> dict:
+    """Annoy index over the similarity dimensions, tuned to the recall target, then swapped in
+    (unless ``make_current`` is False: the version is ready to serve, and waits for promotion)."""
     section = config["index"]
     version = archive.model(version)["model_version"]
     directory = archive.model_dir(version)
@@ -707,11 +750,17 @@ def build_index(archive: Archive, config: dict, version: int | None = None, prog
         stage="indexed",
     )
     archive.fill_latent_arrays()  # versions encoded before ml.latent had its arrays
-    archive.make_current(version)
-    write_tap_schema(archive, tableset_for(latent_model.latent_dim))  # TAP_SCHEMA for the model in service
+    if make_current:
+        promote(archive, version)
     return {
         "version": version,
         "n_trees": meta.n_trees,
         "search_k": meta.search_k,
         "recall_at_k": meta.recall_at_k,
     }
+
+
+def promote(archive: Archive, version: int) -> None:
+    """Put an indexed version in service, and TAP_SCHEMA's ml.latent columns (z0 … z<d-1>) with it."""
+    archive.make_current(version)
+    write_tap_schema(archive, tableset_for(archive.model(version)["latent_dim"]))

@@ -450,6 +450,9 @@ class JobService:
 
     def create(self, params: Params, kind: str = TAP_KIND) -> Job:
         """A new PENDING job from a creation POST (queued at once with PHASE=RUN, UWS-04)."""
+        run = (params.get("PHASE") or "").strip().upper() == "RUN"
+        if run:
+            self._check_room(kind)  # before the job exists: a refused creation leaves nothing behind
         created = now()
         job = Job(
             kind=kind,
@@ -481,7 +484,7 @@ class JobService:
         except BaseException:
             shutil.rmtree(self.directory(job.job_id), ignore_errors=True)
             raise
-        if (params.get("PHASE") or "").strip().upper() == "RUN":
+        if run:
             self.run(job.job_id)
         return job
 
@@ -568,15 +571,20 @@ class JobService:
         """PHASE=RUN: PENDING → QUEUED, handed to the pool; no change in any other phase (UWS-05).
         Refused (503, the job stays PENDING) while its kind has ``max_active`` jobs queued or running."""
         job = self.get(job_id)
-        bound = self.setting(job.kind, "max_active")
-        if job.phase in (PENDING, "HELD") and bound and self.store.active(job.kind) >= bound:
+        if job.phase in (PENDING, "HELD"):
+            self._check_room(job.kind)
+        if self.store.change(job_id, (PENDING, "HELD"), phase=QUEUED):
+            self._notify()
+            self.submit(job_id)
+
+    def _check_room(self, kind: str) -> None:
+        """Refuse (503) to queue one more job of ``kind`` past its ``max_active``."""
+        bound = self.setting(kind, "max_active")
+        if bound and self.store.active(kind) >= bound:
             raise TransientError(
                 f"{bound} jobs of this kind are queued or running, the most this service runs at once; "
                 "run this one again when one of them has ended"
             )
-        if self.store.change(job_id, (PENDING, "HELD"), phase=QUEUED):
-            self._notify()
-            self.submit(job_id)
 
     def abort(self, job_id: str) -> None:
         """PHASE=ABORT: ABORTED unless already final; a running query is stopped."""
@@ -780,6 +788,10 @@ def reap(store: JobStore, root: Path, here: str = "", orphan_age: float = ORPHAN
     expired = store.ids("SELECT job_id FROM uws_job WHERE destruction < ?", (stored(now()),))
     for job_id in expired:
         remove_job(store, root, job_id)
+    with store.transaction() as db:  # label sets (service.labels) are kept as jobs are
+        gone = "SELECT set_id FROM label_set WHERE destruction < ?"
+        db.execute(f"DELETE FROM label_answer WHERE set_id IN ({gone})", (stored(now()),))
+        db.execute("DELETE FROM label_set WHERE destruction < ?", (stored(now()),))
     for job_id in store.abandoned(here):
         store.change(
             job_id, (EXECUTING,), phase=ERROR, end_time=now(), error_type="transient", error_message=RESTARTED

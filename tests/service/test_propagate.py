@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -94,7 +95,7 @@ def test_propagation_labels_the_archive_from_a_few_real_classes(live_server, cla
     votable, job = _result(url)
     info = {i.name: i.value for i in votable.resources[0].infos}
     assert info["method"] == "spreading" and info["labels_used"] == str(len(labels))
-    assert info["classes"].split() == sorted(set(labels.values()))
+    assert json.loads(info["classes"]) == sorted(set(labels.values()))
     table = votable.get_first_table().to_table(use_names_over_ids=True)
     count = requests.post(
         f"{live_server.url}/tap/sync",
@@ -102,7 +103,7 @@ def test_propagation_labels_the_archive_from_a_few_real_classes(live_server, cla
         timeout=60,
     )
     assert len(table) == int(count.text.split()[-1]) > 100
-    columns = [f"p_{c}" for c in info["classes"].split()]
+    columns = [f"p_{c}" for c in json.loads(info["classes"])]
     probabilities = np.column_stack([np.asarray(table[c], dtype=float) for c in columns])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-9)
     dids = [str(d) for d in table["obs_publisher_did"]]

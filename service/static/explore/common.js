@@ -97,20 +97,26 @@ const LV = (() => {
     const form = new FormData();
     form.set("LANG", "ADQL");
     form.set("QUERY", adql);
-    form.set("PHASE", "RUN");
     const names = Object.keys(uploads);
     if (names.length) {
       form.set("UPLOAD", names.map((name) => `${name},param:${name}`).join(";"));
       for (const name of names) form.set(name, new Blob([uploads[name]], { type: "application/x-votable+xml" }), `${name}.xml`);
     }
-    const created = await checked(await fetch(`${base}/tap/async`, { method: "POST", body: form }));
+    return `${await uwsJob(`${base}/tap/async`, form)}/results/result`;
+  }
+
+  /** Create a UWS job from ``form`` at the job list ``listUrl``, run it and wait for it: resolves to
+   *  the job's URL once COMPLETED, throws with the job's own error message if it ends otherwise. */
+  async function uwsJob(listUrl, form) {
+    form.set("PHASE", "RUN");
+    const created = await checked(await fetch(listUrl, { method: "POST", body: form }));
     const jobUrl = created.url;
     for (let wait = 100; ; wait = Math.min(wait * 1.5, 2000)) {
       const phase = (await (await checked(await fetch(`${jobUrl}/phase`))).text()).trim();
-      if (phase === "COMPLETED") return `${jobUrl}/results/result`;
+      if (phase === "COMPLETED") return jobUrl;
       if (phase === "ERROR" || phase === "ABORTED") {
         const error = await fetch(`${jobUrl}/error`);
-        let message = `the TAP job ended in ${phase}`;
+        let message = `the job ended in ${phase}`;
         try {
           parseVOTable(await error.text());
         } catch (problem) {
@@ -120,6 +126,13 @@ const LV = (() => {
       }
       await new Promise((resolve) => setTimeout(resolve, wait));
     }
+  }
+
+  /** A one-column VOTable of DIDs (obs_publisher_did), to upload to TAP. */
+  function didTable(ids) {
+    return `<?xml version="1.0"?><VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3"><RESOURCE><TABLE>
+      <FIELD name="obs_publisher_did" datatype="char" arraysize="*"/><DATA><TABLEDATA>
+      ${ids.map((id) => `<TR><TD>${escape(id)}</TD></TR>`).join("")}</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>`;
   }
 
   /** The model in service: version, latent size, informative and similarity dimensions. */
@@ -322,7 +335,8 @@ const LV = (() => {
   const params = new URLSearchParams(window.location.search);
 
   return {
-    base, velocityDim, params, parseVOTable, votable, json, tap, tapJob, quote, currentModel, dimensionMeanings,
+    base, velocityDim, params, parseVOTable, votable, json, tap, tapJob, uwsJob, didTable, quote, currentModel,
+    dimensionMeanings,
     LABEL_NAMES, dimensionLabel, format, escape, viridis, CATEGORICAL, MISSING, css, robustRange,
     spectrumPlot, datalinks, reconstruction, decode, samp, say,
   };

@@ -393,9 +393,7 @@ const MapPage = (() => {
     LV.say(status, "preparing the table …");
     try {
       const ids = selection.map((i) => points.id[i]);
-      const upload = `<?xml version="1.0"?><VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3"><RESOURCE><TABLE>
-        <FIELD name="obs_publisher_did" datatype="char" arraysize="*"/><DATA><TABLEDATA>
-        ${ids.map((id) => `<TR><TD>${LV.escape(id)}</TD></TR>`).join("")}</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>`;
+      const upload = LV.didTable(ids);
       const url = await LV.tapJob(
         "SELECT o.obs_publisher_did, o.target_name, o.obs_collection, o.s_ra, o.s_dec, o.teff, o.logg, o.feh, " +
         "o.rv, o.snr, o.access_url, m.x AS map_x, m.y AS map_y FROM TAP_UPLOAD.selection AS s " +
