@@ -227,8 +227,9 @@ class VectorSearch:
 
 
 #: On PostgreSQL, the most reference DIDs one ``ml_knn`` with a column reference may have: each costs
-#: one neighbour search before the query runs (about 10^4 take a second or two).
-NEIGHBOUR_REFERENCES_MAX = 10_000
+#: one neighbour search before the query runs (10^4 take a second or two), and the query's time limit
+#: stops them as it stops SQLite's row-by-row searches; this bounds the memory their table takes.
+NEIGHBOUR_REFERENCES_MAX = 100_000
 
 #: On PostgreSQL: every encoded spectrum's latent vector (``did``, ``z``), for ``ml_distance`` with a
 #: reference that is no literal, and the similarity dimensions it uses by default (``dims``, text).

@@ -11,6 +11,7 @@ result (:func:`result_response`).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -148,7 +149,10 @@ def run_query(
     if limit == 0:
         rows, overflow = [], True  # MAXREC=0: metadata only, flagged as overflow (DALI-02)
     else:
-        similarity_tables(session, translation, similarity)
+        deadline = None if not timeout else time.monotonic() + timeout
+        similarity_tables(session, translation, similarity, deadline)
+        if deadline is not None and time.monotonic() > deadline:
+            raise _query_error(QueryStopped(timed_out=True), timeout)
         sql = translation.sql
         if translation.vector_search is not None and nearest_candidates(
             session, translation.vector_search, similarity
@@ -163,9 +167,15 @@ def run_query(
     return QueryResult(columns, cells, overflow)
 
 
-def similarity_tables(session: QuerySession, translation: Translation, similarity: ModelSimilarity) -> None:
+def similarity_tables(
+    session: QuerySession,
+    translation: Translation,
+    similarity: ModelSimilarity,
+    deadline: float | None = None,
+) -> None:
     """What ``ml_knn`` and ``ml_distance`` read on PostgreSQL, computed here from the model in service
-    (SQLite calls Python for them row by row instead)."""
+    (SQLite calls Python for them row by row instead). Neighbour searches stop at ``deadline``
+    (time.monotonic()), as SQLite's would at the query's time limit; the caller says so."""
     for table in translation.distances:
         dids, distances = similarity.distances(table.ref_did, table.dims)
         rows = zip(dids, distances, strict=True)
@@ -179,7 +189,9 @@ def similarity_tables(session: QuerySession, translation: Translation, similarit
                 "(WHERE a.obs_publisher_did IN (…), a range of a label, a cone)"
             )
         pairs = []
-        for (ref,) in refs:
+        for number, (ref,) in enumerate(refs):
+            if deadline is not None and number % 256 == 0 and time.monotonic() > deadline:
+                return
             try:
                 found = similarity.knn(str(ref), table.k, table.dims)
             except ValueError as exc:
