@@ -21,8 +21,9 @@ labelled, those among the first 200). Then 5 active-learning rounds of 10 answer
 the truth: the 10 spectra of smallest margin (query_rank 1–10), against 10 random spectra a
 round; the scores after each round, and the Be stars met among the answers.
 
-Usage: python bench/bestars.py --miles DIR --model-from ARCHIVE [--copies 11] [--seeds 10]
-Writes bench/results/bestars.json and bestars.md.
+Usage: python bench/bestars.py --miles DIR (--model-from ARCHIVE | --train [--epochs 40]
+       [--train-spectra 5000]) [--copies 11] [--seeds 10] [--name bestars]
+Writes bench/results/<name>.json and <name>.md.
 """
 
 from __future__ import annotations
@@ -174,6 +175,8 @@ def main() -> None:
     )
     parser.add_argument("--model-from", type=Path, help="archive whose model in service is used")
     parser.add_argument("--train", action="store_true", help="train a model on this archive instead")
+    parser.add_argument("--epochs", type=int, default=40, help="with --train")
+    parser.add_argument("--train-spectra", type=int, default=5000, help="with --train: a sample of this many")
     parser.add_argument("--copies", type=int, default=11)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--negatives", type=int, default=20, help="labelled spectra that are not Be stars")
@@ -191,7 +194,13 @@ def main() -> None:
     n_stars = fits.getheader(Path(args.miles) / "miles_spectra.fits", "SPECTRA")["NAXIS2"]
     plan = emission_plan(n_stars * args.copies, seed=3)
     write_augmented(Path(args.miles), table, args.copies, seed=2, alter=add_emission(plan))
-    config = load_config(environ={}, overrides={"archive": {"root": str(args.work / "archive")}})
+    overrides = {"archive": {"root": str(args.work / "archive")}}
+    if args.train:  # as bench/miles.py trains on the library: 2048 pixels, 16 dimensions
+        overrides |= {
+            "grid": {"n_pixels": 2048},
+            "model": {"epochs": args.epochs, "max_train_spectra": args.train_spectra, "latent_dim": 16},
+        }
+    config = load_config(environ={}, overrides=overrides)
     archive = Archive.from_config(config)
     timings = {}
     t0 = time.perf_counter()
@@ -232,7 +241,11 @@ def main() -> None:
         "n_spectra": len(dids),
         "n_be": int(truth.sum()),
         "single_peaked": sum(1 for p in plan.values() if p["kind"] == "single"),
-        "model": "trained on this archive" if args.train else f"adopted from {args.model_from.name}",
+        "model": (
+            f"trained on this archive ({args.epochs} epochs at most, {args.train_spectra} spectra)"
+            if args.train
+            else f"adopted from {args.model_from}"
+        ),
         "negatives": args.negatives,
         "seeds": args.seeds,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
