@@ -128,6 +128,33 @@ def test_propagation_labels_the_archive_from_a_few_real_classes(live_server, cla
     assert job.find(f"{UWS}jobInfo") is not None  # progress reported as the job went
 
 
+def test_the_result_goes_back_into_tap_as_an_upload(live_server, classes):
+    """The result VOTable (BINARY2) as TAP_UPLOAD, joined with ivoa.obscore: the labelled archive."""
+    url = _submit(
+        live_server,
+        files={"labels": ("labels.xml", _votable(_labels(classes)))},
+        UPLOAD="labels,param:labels",
+        PHASE="RUN",
+    )
+    _result(url)
+    result = requests.get(f"{url}/results/result", timeout=30).content
+    answer = requests.post(
+        f"{live_server.url}/tap/sync",
+        data={
+            "LANG": "ADQL",
+            "UPLOAD": "p,param:p",
+            "QUERY": "SELECT o.target_class, p.label, COUNT(*) AS n FROM TAP_UPLOAD.p AS p JOIN ivoa.obscore "
+            "AS o ON o.obs_publisher_did = p.obs_publisher_did WHERE p.query_rank <= 20 "
+            "GROUP BY o.target_class, p.label",
+        },
+        files={"p": ("result.xml", result)},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text[-500:]
+    table = parse(io.BytesIO(answer.content)).get_first_table().to_table(use_names_over_ids=True)
+    assert sum(int(n) for n in table["n"]) == 20  # the 20 spectra to ask about first
+
+
 def test_csv_labels_knn_method_and_dims(live_server, classes):
     """A CSV table (blank labels and unknown DIDs left out and counted), METHOD=knn along DIMS."""
     labels = _labels(classes, per_class=3, seed=2)
