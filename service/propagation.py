@@ -69,11 +69,12 @@ class Labels:
 
 @dataclass
 class Version:
-    """A model version's matrix rows: the model and the DID of each row."""
+    """A model version's matrix rows: the model, the DID of each row and the row of each DID."""
 
     number: int
     model: LatentModel
     dids: list[str]
+    rows: dict[str, int]
 
 
 def run_propagation(run: JobRun) -> tuple[bytes, str]:
@@ -168,7 +169,7 @@ def _version(number: int | None) -> Version:
     """The version in service, or the indexed version ``number``."""
     served = state().served_model()
     if number is None or number == served.version:
-        return Version(served.version, served.model, served.dids)
+        return Version(served.version, served.model, served.dids, served.rows)
     archive = state().archive()
     try:
         row = archive.model(number)
@@ -176,7 +177,8 @@ def _version(number: int | None) -> Version:
         raise NotFoundError(f"MODEL_VERSION {number}: the archive has no such model version") from None
     if row["stage"] != "indexed":
         raise UsageError(f"MODEL_VERSION {number} is not indexed yet (it is {row['stage']})")
-    return Version(number, LatentModel(archive.model_dir(number)), archive.latent_dids(number))
+    dids = archive.latent_dids(number)
+    return Version(number, LatentModel(archive.model_dir(number)), dids, {d: i for i, d in enumerate(dids)})
 
 
 def _label_table(params, parts, config: dict) -> tuple[list[str], list[str]]:
@@ -249,14 +251,13 @@ def _known_labels(table: tuple[list[str], list[str]], version: Version, most: in
     dids, labels = table
     if len(dids) > most:
         raise LimitError(f"UPLOAD labels: at most {most} labels in one table, not {len(dids)}")
-    rows = {did: i for i, did in enumerate(version.dids)} if len(dids) > 64 else None
     found: dict[int, str] = {}
     unknown = blank = 0
     for did, label in zip(dids, labels, strict=True):
         if not label:
             blank += 1
             continue
-        row = rows.get(did) if rows is not None else _row(version, did)
+        row = version.rows.get(did)
         if row is None:
             unknown += 1
             continue
@@ -268,16 +269,6 @@ def _known_labels(table: tuple[list[str], list[str]], version: Version, most: in
             f"{len(found)} of the labelled DIDs, with {len(classes)} class(es)"
         )
     return Labels(list(found), list(found.values()), unknown, blank)
-
-
-def _row(version: Version, did: str) -> int | None:
-    served = state().served_model()
-    if served.version == version.number:
-        return served.row_of(did)
-    try:
-        return version.dids.index(did)
-    except ValueError:
-        return None
 
 
 # -- the graph -----------------------------------------------------------------------------------

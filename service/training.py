@@ -132,11 +132,12 @@ def _boolean(raw: str | None, name: str) -> bool:
 
 
 def _trained(version: int) -> None:
+    archive = state().archive()
     try:
-        row = state().archive().model(version)
+        row = archive.model(version)
     except LookupError:
         raise NotFoundError(f"FROM_VERSION {version}: the archive has no such model version") from None
-    if not (state().archive().model_dir(version) / WEIGHTS_FILE).is_file():
+    if not (archive.model_dir(version) / WEIGHTS_FILE).is_file():
         raise UsageError(f"FROM_VERSION {version} has no trained weights (it is {row['stage']})")
 
 
@@ -146,11 +147,11 @@ def _subset(query: str, run: JobRun) -> list[str]:
     from service.tap.sync import run_tap  # the TAP blueprint's modules load the job machinery
 
     maxrec = str(state().config["service"]["hard_maxrec"])
-    asked = Params({"LANG": ["ADQL"], "QUERY": [query], "RESPONSEFORMAT": ["csv"], "MAXREC": [maxrec]})
+    values = {"LANG": ["ADQL"], "QUERY": [query], "RESPONSEFORMAT": ["csv"], "MAXREC": [maxrec]}
     uploads = run.job.params().getlist("UPLOAD")  # the job's own uploads, for SUBSET to join
     if uploads:
-        asked = Params({**{name: [asked.get(name)] for name in ("LANG", "QUERY", "RESPONSEFORMAT", "MAXREC")},
-                        "UPLOAD": uploads})  # fmt: skip
+        values["UPLOAD"] = uploads
+    asked = Params(values)
     response = run_tap(asked, run.parts, run.duration, run.cancelled)
     rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
     header = [name.strip().lower() for name in rows[0]] if rows else []

@@ -462,7 +462,7 @@ class JobService:
             creation_time=created,
             start_time=None,
             end_time=None,
-            execution_duration=self._duration_default(kind),
+            execution_duration=self.setting(kind, "duration"),
             destruction=created + timedelta(seconds=int(self.config["job_retention"])),
             parameters={},
             error_type=None,
@@ -541,9 +541,6 @@ class JobService:
             section, prefix = settings
             return int(self.app.extensions["latentvo"].config[section][f"{prefix}_{key}"])
         return int(self.config.get(f"job_{key}", 0))
-
-    def _duration_default(self, kind: str) -> int:
-        return self.setting(kind, "duration")
 
     def clamp_duration(self, seconds: int, kind: str = TAP_KIND) -> int:
         """executionDuration within (0, the kind's maximum]; 0 (unlimited) means the maximum."""
