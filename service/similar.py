@@ -25,13 +25,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import cache, lru_cache, partial
 from itertools import islice
 from pathlib import Path
 from urllib.parse import urlencode
 
 import numpy as np
-from astropy.io.votable.tree import CooSys, Resource, VOTableFile
+from astropy.io.votable.tree import Resource, VOTableFile
 from flask import Blueprint, Request, Response, request
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
@@ -47,7 +47,7 @@ from service.datalink import MAX_K, default_k, links_descriptor, read_spectrum, 
 from service.errors import LimitError, NotFoundError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
-from service.votable import Column, info, param
+from service.votable import Column, coordinate_system, info, param
 
 bp = Blueprint("similar", __name__)
 
@@ -126,7 +126,7 @@ def similar() -> Response:
     ood = ood_of(query, served, None if search.exact else float(distances[0]))
 
     def decorate(document: VOTableFile, resource: Resource) -> None:
-        resource.coordinate_systems.append(CooSys(ID=COOSYS_ID, system="ICRS"))
+        resource.coordinate_systems.append(coordinate_system(COOSYS_ID, "ICRS"))
         table = resource.tables[0]
         for element in table.fields:
             if element.name in ("s_ra", "s_dec"):
@@ -440,8 +440,13 @@ def neighbour_velocity(query: Query, served: ServedModel, rows: np.ndarray) -> V
 
 def result_columns(search: Search) -> list[Column]:
     """SSA-style fields of each neighbour, its distance and latent coordinates over the search dims."""
-    how = " with weights " + " ".join(map(str, search.weights)) if search.weights else ""
-    dims_text = " ".join(map(str, search.dims))
+    return _result_columns(tuple(search.dims), tuple(search.weights) if search.weights else None)
+
+
+@lru_cache(maxsize=256)
+def _result_columns(dims: tuple[int, ...], weights: tuple[float, ...] | None) -> list[Column]:
+    how = " with weights " + " ".join(map(str, weights)) if weights else ""
+    dims_text = " ".join(map(str, dims))
     return [
         Column("rank", "int", ucd="meta.number", description="1 = most similar"),
         Column(
@@ -514,7 +519,7 @@ def result_columns(search: Search) -> list[Column]:
             Column(
                 f"z{dim}", "double", ucd="src.var", description=f"Posterior mean of latent dimension {dim}"
             )
-            for dim in search.dims
+            for dim in dims
         ],
     ]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from astropy.io.votable.tree import CooSys, Param, Resource, TimeSys, VOTableFile
+from astropy.io.votable.tree import Param, Resource, TimeSys, VOTableFile
 from flask import Blueprint, Response, request
 
 from service import vosi
@@ -45,6 +45,7 @@ from service.votable import (
     Column,
     InputParam,
     add_table,
+    coordinate_system,
     error_document,
     info,
     input_param,
@@ -655,7 +656,7 @@ def decorate_response(
             else "the index over the informative dimensions"
         )
         resource.infos.append(info("similarity", q.similar_to, f"{q.k} nearest spectra by {how}"))
-    resource.coordinate_systems.append(CooSys(ID=COOSYS_ID, system="ICRS"))
+    resource.coordinate_systems.append(coordinate_system(COOSYS_ID, "ICRS"))
     resource.time_systems.append(
         TimeSys(
             ID=TIMESYS_ID,
