@@ -95,7 +95,7 @@ class LatentModel:
     def latents(self) -> np.ndarray:
         """The archive's posterior means, memory-mapped (row i = archive row i of this version)."""
         if self._latents is None:
-            self._latents = np.load(self.directory / MEAN_FILE, mmap_mode="r")
+            self._latents = _mapped(self.directory / MEAN_FILE)
         return self._latents
 
     @property
@@ -173,7 +173,7 @@ class LatentModel:
         encoded before it. (A served version's files do not change: encoding writes a new version.)"""
         if name not in self._mapped:
             path = self.directory / name
-            self._mapped[name] = np.load(path, mmap_mode="r") if path.exists() else None
+            self._mapped[name] = _mapped(path) if path.exists() else None
         return self._mapped[name]
 
     def velocity_from(self, spectrum: Spectrum, reference: Spectrum, reference_kms: float) -> Velocity | None:
@@ -331,3 +331,9 @@ class LatentModel:
             return self.index.query_vector(np.asarray(vector, np.float32), k)
         query = np.asarray(self.latents[row] if row is not None else vector, np.float32)
         return exact_search(self.latents, query, k, dims=dims, weights=weights)
+
+
+def _mapped(path: Path) -> np.ndarray:
+    """A .npy file memory-mapped read-only, as a plain array over the mapping: indexing an
+    ``np.memmap`` builds a memmap object for every row read, which costs more than the read."""
+    return np.asarray(np.load(path, mmap_mode="r"))
