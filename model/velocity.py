@@ -113,29 +113,32 @@ def against_spectra(
     return found
 
 
-def against_files(
-    sources: Sequence[tuple[str, int]], references: Sequence[tuple[str, int]], grid: Grid, matching: Matching
+def pairs_from_files(
+    files: Sequence[tuple[str, int]], pairs: Sequence[tuple[int, int]], grid: Grid, matching: Matching
 ) -> np.ndarray:
-    """(n, 2) velocity and error of each spectrum (file, index) against its reference (NaN where a
-    file cannot be read or the correlation has no peak): :func:`against_spectra` for worker
-    processes, which get file positions rather than spectra."""
-    found = np.full((len(sources), 2), np.nan)
-    spectra, kept = [], []
-    for position, (source, reference) in enumerate(zip(sources, references, strict=True)):
+    """(n, 2) velocity and error of spectrum ``a`` against spectrum ``b`` (velocity 0) for each pair
+    (a, b) of positions in ``files`` (file, index); NaN where a file cannot be read or the correlation
+    has no peak. For worker processes, which get file positions rather than spectra: each file is
+    read, and brought to the fine grid, once however many pairs it is in. The same figures as
+    :func:`against_spectra`, pair by pair."""
+    fine: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for position in sorted(set(np.ravel(pairs).tolist()), key=lambda p: files[p]):  # file order
         try:
-            spectra.append(
-                (
-                    read_spectra(source[0], index=source[1])[0],
-                    read_spectra(reference[0], index=reference[1])[0],
-                )
-            )
+            spectrum = read_spectra(files[position][0], index=files[position][1])[0]
         except SpectrumReadError:
             continue
-        kept.append(position)
-    velocities = against_spectra([s for s, _ in spectra], [r for _, r in spectra], grid, matching)
-    for position, velocity in zip(kept, velocities, strict=True):
-        if velocity is not None:
-            found[position] = velocity.rv_kms, velocity.error_kms
+        fine[position] = on_fine_grid(spectrum, grid, matching)
+    found = np.full((len(pairs), 2), np.nan)
+    kept = [n for n, (a, b) in enumerate(pairs) if a in fine and b in fine]
+    step = fine_grid(grid).velocity_step_kms
+    for start in range(0, len(kept), CORRELATE_BATCH):
+        batch = kept[start : start + CORRELATE_BATCH]
+        flux = np.stack([fine[pairs[n][0]][0] for n in batch])
+        good = np.stack([fine[pairs[n][0]][1] for n in batch])
+        templates = np.stack([np.where(fine[pairs[n][1]][1], fine[pairs[n][1]][0], 1.0) for n in batch])
+        for n, velocity in zip(batch, correlate_many(flux, good, templates, step), strict=True):
+            if velocity is not None:
+                found[n] = velocity.rv_kms, velocity.error_kms
     return found
 
 

@@ -19,6 +19,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
 import torch
 from astropy.table import Table
 from tqdm.auto import tqdm
@@ -46,7 +48,7 @@ from model.readers import iter_spectra, label_key, read_spectra, stellar_class
 from model.similarity import LatentIndex
 from model.spectrum import KNOWN_LABELS, Spectrum, SpectrumReadError
 from model.training import TrainConfig, train
-from model.velocity import against_files
+from model.velocity import pairs_from_files
 from service.archive import Archive, publisher_did, safe_key, utc_now
 from service.tap.schema import tableset_for, write_tap_schema
 
@@ -646,6 +648,10 @@ def write_neighbour_velocities(
     reads no files. Measured as if the neighbour were at rest; the service adds the neighbour's own
     velocity. Large archives are measured in worker processes started fresh (spawned, never forked:
     this process has torch loaded).
+
+    Rows are measured in groups linked by "nearest of" (a spectrum and its neighbour always share
+    one), so that a task reads each spectrum of its group once, for its own pair and for the pairs
+    it is the neighbour in, instead of once per pair it is in.
     """
     rows = archive.spectra(columns="source_path, source_index")
     n = len(rows)
@@ -655,14 +661,17 @@ def write_neighbour_velocities(
         if len(nearest) > 1:
             found[row, 2] = nearest[1]
     measured = np.flatnonzero(np.isfinite(found[:, 2]))
-    sources = [(rows[i]["source_path"], rows[i]["source_index"]) for i in measured]
-    references = [
-        (rows[j]["source_path"], rows[j]["source_index"]) for j in found[measured, 2].astype(np.int64)
-    ]
-    chunks = [slice(start, start + NEIGHBOUR_CHUNK) for start in range(0, len(measured), NEIGHBOUR_CHUNK)]
+    neighbour = found[measured, 2].astype(np.int64)
+    measured = measured[np.argsort(neighbour_groups(n, measured, neighbour)[measured], kind="stable")]
+    chunks = [measured[start : start + NEIGHBOUR_CHUNK] for start in range(0, len(measured), NEIGHBOUR_CHUNK)]
+    tasks = ([], [])
+    for chunk in chunks:
+        needed = np.unique(np.concatenate([chunk, found[chunk, 2].astype(np.int64)]))
+        local = np.searchsorted(needed, np.stack([chunk, found[chunk, 2].astype(np.int64)], axis=1))
+        tasks[0].append([(rows[int(i)]["source_path"], rows[int(i)]["source_index"]) for i in needed])
+        tasks[1].append(local.tolist())
     bar = tqdm(total=len(measured), desc="xcorr", unit="spectrum", disable=not progress)
-    measure = partial(against_files, grid=model.grid, matching=model.matching)
-    tasks = ([sources[c] for c in chunks], [references[c] for c in chunks])
+    measure = partial(pairs_from_files, grid=model.grid, matching=model.matching)
     if len(measured) < NEIGHBOUR_PARALLEL_FROM:
         results = map(measure, *tasks)
         pool = None
@@ -671,7 +680,7 @@ def write_neighbour_velocities(
         results = pool.map(measure, *tasks)
     try:
         for chunk, velocities in zip(chunks, results, strict=True):
-            found[measured[chunk], :2] = velocities
+            found[chunk, :2] = velocities
             bar.update(len(velocities))
     finally:
         bar.close()
@@ -679,6 +688,13 @@ def write_neighbour_velocities(
             pool.shutdown(cancel_futures=True)
     write_npy_atomic(model.directory / NEIGHBOUR_VELOCITY_FILE, found)
     return found
+
+
+def neighbour_groups(n: int, rows: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """A group number for each of ``n`` rows: rows linked by "``rows[i]``'s nearest is
+    ``neighbours[i]``", in either direction, share one (weakly connected components)."""
+    graph = scipy.sparse.coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, neighbours)), shape=(n, n))
+    return scipy.sparse.csgraph.connected_components(graph, directed=True, connection="weak")[1]
 
 
 def write_continuum_tolerance(model: LatentModel, sample: OnGrid) -> float:

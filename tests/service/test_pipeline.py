@@ -247,3 +247,15 @@ def test_index_measures_each_spectrums_velocity_against_its_nearest_neighbour(bu
     monkeypatch.setattr(pipeline, "NEIGHBOUR_CHUNK", 64)
     in_workers = pipeline.write_neighbour_velocities(archive, model, model.index, config["index"]["k"])
     np.testing.assert_array_equal(in_workers, stored)
+
+
+def test_neighbour_groups_keep_each_spectrum_with_its_nearest():
+    """Rows linked by "nearest of" in either direction share a group, so a task that measures a
+    group reads each of its spectra once; rows without a neighbour stand alone."""
+    rows = np.array([0, 1, 2, 3, 4, 6])
+    nearest = np.array([1, 0, 1, 4, 3, 5])  # 0<->1 with 2 pointing in; 3<->4; 6 -> 5
+    groups = pipeline.neighbour_groups(8, rows, nearest)
+    assert groups[0] == groups[1] == groups[2]
+    assert groups[3] == groups[4] != groups[0]
+    assert groups[5] == groups[6] not in (groups[0], groups[3])
+    assert len(set(groups.tolist())) == 4  # row 7 has no link: a group of its own
