@@ -181,7 +181,7 @@ class _CachedXML:
         if not self._plain:
             self._plain.append(converters.get_converter(self, config, pos))
         self.__dict__["converter"] = self._plain[0]
-        if isinstance(self, Param):
+        if isinstance(self, Param) and isinstance(self._value, str):  # else parsed already
             self.value = self._value
 
     def __setattr__(self, name: str, value) -> None:
@@ -384,12 +384,27 @@ def _column_text(field: Field, column: Column, values: list, config: dict) -> li
         except (TypeError, ValueError, OverflowError):
             pass  # not plainly a number: as the record array would hold it
     dtype = np.dtype(converter.format)
+    if dtype.kind == "O":  # variable-size cells: the record array would hold the values as given
+        return _object_text(converter, column, values, config)
     array, flags = _column_values(column, np.empty(len(values), dtype=dtype), values)
     if array.ndim > 1:  # a fixed-size array's mask has its shape, as in the record array
         flags = np.broadcast_to(flags.reshape(flags.shape + (1,) * (array.ndim - 1)), array.shape)
-    elif array.dtype == object:  # and a variable-size one holds Python booleans
-        flags = np.array(flags.tolist(), dtype=object)
     return _array_text(field, array, flags, config)
+
+
+def _object_text(converter, column: Column, values: list, config: dict) -> list[str | None]:
+    """Variable-size cells (text, arrays) through the converter, straight from their values."""
+    empty_allowed = converter.supports_empty_values(config)
+    output = converter.output
+    out: list[str | None] = []
+    for value in values:
+        missing = value is None or (isinstance(value, float) and value != value)
+        if missing and empty_allowed:
+            out.append(None)
+            continue
+        text = output(_default(column) if missing else value, missing)
+        out.append(text if text else None)
+    return out
 
 
 #: Integer ranges by numpy type code of the scalar integer converters.
