@@ -107,6 +107,8 @@ def test_the_service_tabledata_writer_writes_what_astropy_writes():
         Column("scale", "double"),
         Column("mixed", "double"),
         Column("count", "int"),
+        Column("plain", "double"),  # all finite Python floats: the path without per-cell checks
+        Column("plain_count", "long"),
     ]
     mixed = [np.float32("nan"), np.float32(1.1), np.int64(3), True, "2.5", None, float("nan")]
     counts = [np.int16(4), 2.7, None, float("nan"), 7, np.int64(-5), False]
@@ -146,6 +148,8 @@ def test_the_service_tabledata_writer_writes_what_astropy_writes():
                 special[i] if i < len(special) else float(rng.normal() * 10.0 ** rng.integers(-300, 300)),
                 mixed[i % len(mixed)],
                 counts[i % len(counts)],
+                float(i) if i % 3 else float(rng.normal() * 10.0 ** rng.integers(-300, 300)),
+                (i - 20) * 10**12,
             ]
         )
     document = new_document()
