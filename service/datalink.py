@@ -28,7 +28,15 @@ from service.errors import DALIError, NotFoundError, TransientError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
 from service.storage import Row
-from service.votable import DATALINK_MIME, VOTABLE_MIME, Column, InputParam, param, service_descriptor
+from service.votable import (
+    DATALINK_MIME,
+    VOTABLE_MIME,
+    Column,
+    InputParam,
+    param,
+    prewritten,
+    service_descriptor,
+)
 
 bp = Blueprint("datalink", __name__)
 #: The page defining our own semantics terms, outside /datalink: ``app.register_blueprint(rdf_bp)``.
@@ -117,16 +125,21 @@ def links_descriptor(document: VOTableFile, pubdid_field_id: str) -> Resource:
     Append the result to ``document.resources``; pyvo's ``iter_datalinks()`` and TOPCAT's
     DataLink action then call /datalink/links with the DIDs of that column (DL-12).
     """
-    return service_descriptor(
+    access_url = state().url("datalink/links")
+    return prewritten(
         document,
-        LINKS_DESCRIPTOR_ID,
-        state().url("datalink/links"),
-        "DataLink {links} of a spectrum: the spectrum in VOTable and FITS, a preview plot, the "
-        "model's reconstruction and the most similar spectra in latent space.",
-        [InputParam("ID", ref=pubdid_field_id, ucd="meta.id;meta.main", description="Publisher DID")],
-        standard_id=LINKS_STANDARD_ID,
-        content_type=DATALINK_MIME,
-        name="latentvo DataLink",
+        ("links", pubdid_field_id, access_url),
+        lambda blank: service_descriptor(
+            blank,
+            LINKS_DESCRIPTOR_ID,
+            access_url,
+            "DataLink {links} of a spectrum: the spectrum in VOTable and FITS, a preview plot, the "
+            "model's reconstruction and the most similar spectra in latent space.",
+            [InputParam("ID", ref=pubdid_field_id, ucd="meta.id;meta.main", description="Publisher DID")],
+            standard_id=LINKS_STANDARD_ID,
+            content_type=DATALINK_MIME,
+            name="latentvo DataLink",
+        ),
     )
 
 

@@ -641,6 +641,52 @@ def service_descriptor(
     return resource
 
 
+class PrewrittenResource(Resource):
+    """A RESOURCE written from the XML astropy wrote for it once: descriptors that are the same in
+    every answer of a kind (the {links} descriptor) cost a tenth of a DataLink answer to build and
+    write afresh. Only a top-level resource (document.resources) is written this way."""
+
+    _text: str
+
+    def to_xml(self, w, **kwargs) -> None:
+        if len(w._tags) != 1:
+            raise ValueError("a prewritten RESOURCE goes at the top level of a document")
+        w._flush()
+        w.write(self._text)
+
+
+#: Prewritten resources by (VOTable version, key); a few kinds and service URLs at most.
+_PREWRITTEN: dict[tuple, tuple[Resource, str]] = {}
+_PREWRITTEN_MAX = 256
+
+
+def prewritten(document: VOTableFile, key: tuple, build: Callable[[VOTableFile], Resource]) -> Resource:
+    """The resource ``build`` makes, written once per ``key`` (everything its XML depends on) and
+    given to every later document as that text."""
+    cache_key = (document.version, *key)
+    found = _PREWRITTEN.get(cache_key)
+    if found is None:
+        blank = (
+            new_document() if document.version == VOTABLE_VERSION else VOTableFile(version=document.version)
+        )
+        template = build(blank)
+        kwargs = {"version": blank.version, "_debug_python_based_parser": True, "_group_number": 1}
+        text = io.StringIO()
+        writer = XMLWriter(text)
+        writer._tags.append("VOTABLE")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VOWarning)
+            template.to_xml(writer, **{**element_config(blank), **kwargs})
+        writer._flush()
+        if len(_PREWRITTEN) >= _PREWRITTEN_MAX:
+            _PREWRITTEN.clear()
+        found = _PREWRITTEN[cache_key] = (template, text.getvalue())
+    template, text = found
+    element = object.__new__(PrewrittenResource)
+    element.__dict__.update(template.__dict__, _text=text)
+    return element
+
+
 def serialise(document: VOTableFile, tabledata_format: str = "tabledata") -> bytes:
     """Write the document; ``tabledata_format`` is ``tabledata``, ``binary`` or ``binary2``.
 

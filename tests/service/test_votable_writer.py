@@ -289,3 +289,41 @@ def test_cached_fields_and_params_write_what_astropy_elements_write():
         b'<MAX inclusive="yes" value="9"/>' in with_input
         and with_input.count(b"<PARAM") == ours.count(b"<PARAM") + 1
     )
+
+
+def test_a_prewritten_descriptor_writes_what_astropy_writes():
+    """A descriptor given to every answer as the XML written for it once: the same bytes as the
+    descriptor built afresh and written by astropy, in each of two answers (the second from the cache)."""
+    from service.votable import (
+        Column,
+        InputParam,
+        add_table,
+        new_document,
+        prewritten,
+        results_resource,
+        serialise,
+        service_descriptor,
+    )
+
+    def build(document):
+        inputs = [InputParam("ID", ref="did", description="A <DID> & more"), InputParam("K", "int", None)]
+        return service_descriptor(document, "svc", "http://x/links?a=1&b=2", "Text " * 40, inputs, name="s")
+
+    def answer(fresh: bool) -> bytes:
+        document = new_document()
+        add_table(results_resource(document), document, [Column("did", "char", "*", ID="did")], [["a"]])
+        key = ("test-descriptor", "http://x/links?a=1&b=2")
+        document.resources.append(build(document) if fresh else prewritten(document, key, build))
+        if fresh:
+            table = document.resources[0].tables[0]
+            rows = table.array
+            table.__class__ = TableElement
+            table.array = rows
+            return astropy_bytes(document)
+        return serialise(document)
+
+    from astropy.io.votable.tree import TableElement
+
+    reference = answer(fresh=True)
+    assert answer(fresh=False) == reference == answer(fresh=False)
+    assert reference.count(b'<RESOURCE ID="svc"') == 1 and b"links?a=1&amp;" in reference
