@@ -100,7 +100,7 @@ def report(results: Path) -> str:
         lines += encode_parts(json.loads((results / "encode.json").read_text()))
     if (results / "index_scale.md").exists():
         lines += ["", "#" + (results / "index_scale.md").read_text().strip(), ""]
-    for name in ("vectormath", "propagation"):
+    for name in ("vectormath", "propagation", "bestars", "retrain", "bestars-trained"):
         if (results / f"{name}.md").exists():
             lines += ["", "#" + (results / f"{name}.md").read_text().strip().replace("\n## ", "\n### "), ""]
     lines += beyond_one_machine(results)
