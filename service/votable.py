@@ -346,7 +346,7 @@ class ResultTable(TableElement):
         else:
             data, mask = self._array.data, self._array.mask
             cells = [
-                _array_text(field, data[key], mask[key], config)
+                _array_text(field.converter, data[key], mask[key], config)
                 for field, key in zip(self.fields, data.dtype.names, strict=True)
             ]
         tr_start, tr_end = indent + "<TR>\n", indent + "</TR>\n"
@@ -379,7 +379,7 @@ def _column_text(field: Field, column: Column, values: list, config: dict) -> li
     """A column's TABLEDATA cells (None = the empty <TD/>) from its Python values."""
     converter = field.converter
     kind = _plain_number_kind(converter)
-    if kind is not None:
+    if kind is not None and converter.supports_empty_values(config):  # nulls are <TD/>
         try:
             return _plain_number_text(kind, values)
         except (TypeError, ValueError, OverflowError):
@@ -390,7 +390,7 @@ def _column_text(field: Field, column: Column, values: list, config: dict) -> li
     array, flags = _column_values(column, np.empty(len(values), dtype=dtype), values)
     if array.ndim > 1:  # a fixed-size array's mask has its shape, as in the record array
         flags = np.broadcast_to(flags.reshape(flags.shape + (1,) * (array.ndim - 1)), array.shape)
-    return _array_text(field, array, flags, config)
+    return _array_text(converter, array, flags, config)
 
 
 def _object_text(converter, column: Column, values: list, config: dict) -> list[str | None]:
@@ -462,11 +462,7 @@ def _plain_number_text(kind: str, values: list) -> list[str | None]:
     return out
 
 
-def _array_text(field: Field, data: np.ndarray, mask: np.ndarray, config: dict) -> list[str | None]:
-    return _array_text_from(field.converter, data, mask, config)
-
-
-def _array_text_from(converter, data: np.ndarray, mask: np.ndarray, config: dict) -> list[str | None]:
+def _array_text(converter, data: np.ndarray, mask: np.ndarray, config: dict) -> list[str | None]:
     """A column's cells through its converter, as astropy's Python writer writes them."""
     empty = mask.reshape(len(mask), -1).all(axis=1) if mask.ndim > 1 else mask
     empty = empty.tolist() if converter.supports_empty_values(config) else [False] * len(mask)
