@@ -661,15 +661,18 @@ def write_neighbour_velocities(
         if len(nearest) > 1:
             found[row, 2] = nearest[1]
     measured = np.flatnonzero(np.isfinite(found[:, 2]))
-    neighbour = found[measured, 2].astype(np.int64)
-    measured = measured[np.argsort(neighbour_groups(n, measured, neighbour)[measured], kind="stable")]
+    neighbour = np.full(n, -1, dtype=np.int64)
+    neighbour[measured] = found[measured, 2]
+    measured = measured[
+        np.argsort(neighbour_groups(n, measured, neighbour[measured])[measured], kind="stable")
+    ]
     chunks = [measured[start : start + NEIGHBOUR_CHUNK] for start in range(0, len(measured), NEIGHBOUR_CHUNK)]
     tasks = ([], [])
-    for chunk in chunks:
-        needed = np.unique(np.concatenate([chunk, found[chunk, 2].astype(np.int64)]))
-        local = np.searchsorted(needed, np.stack([chunk, found[chunk, 2].astype(np.int64)], axis=1))
+    for chunk in chunks:  # each task: the files it reads once, and its pairs as positions among them
+        pairs = np.stack([chunk, neighbour[chunk]], axis=1)
+        needed, positions = np.unique(pairs, return_inverse=True)
         tasks[0].append([(rows[int(i)]["source_path"], rows[int(i)]["source_index"]) for i in needed])
-        tasks[1].append(local.tolist())
+        tasks[1].append(positions.reshape(pairs.shape).tolist())
     bar = tqdm(total=len(measured), desc="xcorr", unit="spectrum", disable=not progress)
     measure = partial(pairs_from_files, grid=model.grid, matching=model.matching)
     if len(measured) < NEIGHBOUR_PARALLEL_FROM:

@@ -132,22 +132,24 @@ def _fresh(prototype):
     """A copy of a FIELD or PARAM prototype with lists of its own: building an astropy element
     (converter, unit parsing, UCD checks) costs far more than copying one, and copying its
     attributes directly costs a fraction of ``copy.copy`` and a new Values element."""
-    element = object.__new__(type(prototype))
-    attributes = element.__dict__
-    attributes.update(prototype.__dict__)
-    values = object.__new__(Values)
-    values.__dict__.update(prototype._values.__dict__, _config={}, _field=element, _options=[])
-    attributes["_links"] = HomogeneousList(Link)
-    attributes["_values"] = values
+    element = _copy_of(prototype)
+    values = _copy_of(prototype._values, _config={}, _field=element, _options=[])
+    element.__dict__.update(_links=HomogeneousList(Link), _values=values)
+    return element
+
+
+def _copy_of(prototype, cls: type | None = None, **changed):
+    """A shallow copy of an astropy element (its attribute dict, bypassing __init__ and
+    __setattr__), as ``cls`` when given, with ``changed`` attributes set."""
+    element = object.__new__(cls or type(prototype))
+    element.__dict__.update(prototype.__dict__, **changed)
     return element
 
 
 def coordinate_system(ID: str, system: str) -> CooSys:
     """A COOSYS element (a copy of one built once: astropy checks the system against its list of
     reference frames on every construction)."""
-    element = object.__new__(CooSys)
-    element.__dict__.update(_coosys_prototype(ID, system).__dict__)
-    return element
+    return _copy_of(_coosys_prototype(ID, system))
 
 
 @cache
@@ -358,14 +360,15 @@ class ResultTable(TableElement):
         return "".join(out)
 
 
+def _is_null(value) -> bool:
+    """A null cell: None, or a float NaN."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _column_values(column: Column, target: np.ndarray, values: list) -> tuple[np.ndarray, np.ndarray]:
     """One column's cells as an array shaped like ``target`` (the column of the record array),
     with its null flags: None and NaN are null, and hold a placeholder of the right type."""
-    flags = np.fromiter(
-        (value is None or (isinstance(value, float) and value != value) for value in values),
-        dtype=bool,
-        count=len(values),
-    )
+    flags = np.fromiter(map(_is_null, values), dtype=bool, count=len(values))
     filled = [_default(column) if flag else value for value, flag in zip(values, flags.tolist(), strict=True)]
     if target.dtype == object:  # variable-length cells: numpy must not broadcast them
         array = np.empty(len(filled), dtype=object)
@@ -399,7 +402,7 @@ def _object_text(converter, column: Column, values: list, config: dict) -> list[
     output = converter.output
     out: list[str | None] = []
     for value in values:
-        missing = value is None or (isinstance(value, float) and value != value)
+        missing = _is_null(value)
         if missing and empty_allowed:
             out.append(None)
             continue
@@ -439,7 +442,7 @@ def _plain_number_text(kind: str, values: list) -> list[str | None]:
     out: list[str | None] = []
     if kind == "f8":
         for value in values:
-            if value is None or (isinstance(value, float) and value != value):
+            if _is_null(value):
                 out.append(None)
                 continue
             if isinstance(value, bool | str | bytes):
@@ -453,7 +456,7 @@ def _plain_number_text(kind: str, values: list) -> list[str | None]:
         return out
     low, high = _INTEGER_RANGES[kind]
     for value in values:
-        if value is None or (isinstance(value, float) and value != value):
+        if _is_null(value):
             out.append(None)
             continue
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or not low <= value <= high:
@@ -662,25 +665,19 @@ def prewritten(document: VOTableFile, key: tuple, build: Callable[[VOTableFile],
     cache_key = (document.version, *key)
     found = _PREWRITTEN.get(cache_key)
     if found is None:
-        blank = (
-            new_document() if document.version == VOTABLE_VERSION else VOTableFile(version=document.version)
-        )
-        template = build(blank)
-        kwargs = {"version": blank.version, "_debug_python_based_parser": True, "_group_number": 1}
+        template = build(VOTableFile(version=document.version))
         text = io.StringIO()
         writer = XMLWriter(text)
         writer._tags.append("VOTABLE")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", VOWarning)
-            template.to_xml(writer, **{**element_config(blank), **kwargs})
+            template.to_xml(writer, **_writer_kwargs(document.version, None))
         writer._flush()
         if len(_PREWRITTEN) >= _PREWRITTEN_MAX:
             _PREWRITTEN.clear()
         found = _PREWRITTEN[cache_key] = (template, text.getvalue())
     template, text = found
-    element = object.__new__(PrewrittenResource)
-    element.__dict__.update(template.__dict__, _text=text)
-    return element
+    return _copy_of(template, PrewrittenResource, _text=text)
 
 
 def serialise(document: VOTableFile, tabledata_format: str = "tabledata") -> bytes:
@@ -701,13 +698,7 @@ def serialise(document: VOTableFile, tabledata_format: str = "tabledata") -> byt
             buffer = io.BytesIO()
             document.to_xml(buffer, tabledata_format=tabledata_format, _debug_python_based_parser=True)
             return buffer.getvalue()
-        kwargs = {
-            "version": document.version,
-            "tabledata_format": tabledata_format,
-            "_debug_python_based_parser": True,
-            "_group_number": 1,
-            **element_config(document),
-        }
+        kwargs = _writer_kwargs(document.version, tabledata_format)
         text = io.StringIO()
         w = XMLWriter(text)
         head, tail = _document_frame(document.version)
@@ -731,12 +722,23 @@ def serialise(document: VOTableFile, tabledata_format: str = "tabledata") -> byt
     return text.getvalue().encode("utf-8")
 
 
+def _writer_kwargs(version: str, tabledata_format: str | None) -> dict:
+    """What astropy's VOTableFile.to_xml passes every element it writes (the Python TABLEDATA writer)."""
+    return {
+        **_version_config(version),
+        "version": version,
+        "tabledata_format": tabledata_format,
+        "_debug_python_based_parser": True,
+        "_group_number": 1,
+    }
+
+
 @cache
 def _document_frame(version: str) -> tuple[str, str]:
     """What astropy writes around a document's content: the XML declaration, its comment and the
     VOTABLE start tag; and the end tag. Taken from astropy's own writing of an empty document."""
     buffer = io.BytesIO()
-    VOTableFile(version=version).to_xml(buffer)
+    _blank_document(version).to_xml(buffer)
     empty = buffer.getvalue().decode("utf-8")
     if not empty.endswith("/>\n"):
         raise RuntimeError("astropy wrote an empty VOTABLE in an unexpected form")
