@@ -64,9 +64,9 @@ from bench.heldout import (  # noqa: E402
     miles_dir_default,
     similar,
 )
-from model import analysis, synthetic  # noqa: E402
+from model import analysis, resolution, synthetic  # noqa: E402
 from model.api import LatentModel  # noqa: E402
-from model.preprocess import C_KMS, Matching, prepare_many, smooth_to_resolution  # noqa: E402
+from model.preprocess import C_KMS, FWHM_PER_SIGMA, Matching, prepare_many, smooth_to_resolution  # noqa: E402
 from model.readers import read_spectra  # noqa: E402
 from model.spectrum import Spectrum, air_to_vacuum, vacuum_to_air  # noqa: E402
 from service import pipeline  # noqa: E402
@@ -241,20 +241,37 @@ class Baselines:
             np.where(self.good[matching.normalise], self.flux[matching.normalise], 0)
         )
         self.normalise = matching.normalise
+        self.archive_power = matching.resolving_power
 
-    def raw(self, spectrum: Spectrum, which: str) -> np.ndarray:
+    def matched(self, which: str, params: dict | None) -> np.ndarray:
+        """The archive's gridded flux (NaN where masked) brought to an upload's velocity and resolving
+        power as the service found them (PARAMs query_rv, query_resolving_power): the same matching
+        as the model's flux ranking (model/resolution.py). As it is without them."""
+        flux = np.where(self.good[which], self.flux[which], np.nan)
+        if not params or params.get("query_resolving_power") is None:
+            return flux
+        step = self.grid.velocity_step_kms
+        moved = resolution.shifted(flux, np.full(len(flux), (params.get("query_rv") or 0.0) / step))
+        power, archive_power = params["query_resolving_power"], self.archive_power
+        sharp = 1 / archive_power**2 if archive_power > 0 else 0.0
+        sigma = C_KMS * np.sqrt(max(1 / power**2 - sharp, 0.0)) / FWHM_PER_SIGMA / step
+        return resolution.blurred(moved, sigma)
+
+    def raw(self, spectrum: Spectrum, which: str, params: dict | None = None) -> np.ndarray:
         flux, good, *_ = prepare_many([spectrum], self.grid, self.matchings[which])
-        both = good & self.good[which]
-        diff = np.where(both, self.flux[which] - flux, 0.0)
-        distance = (diff**2).sum(1) / np.maximum(both.sum(1), 1)
-        return np.argsort(distance)[:K]
+        misfit = resolution.misfits(flux[0], good[0], self.matched(which, params))
+        return np.argsort(misfit, kind="stable")[:K]
 
-    def pca_knn(self, spectrum: Spectrum) -> np.ndarray:
+    def pca_knn(self, spectrum: Spectrum, params: dict | None = None) -> np.ndarray:
         flux, good, *_ = prepare_many([spectrum], self.grid, self.matchings[self.normalise])
         components = self.pca.components_[:, good[0]]
         centred = flux[0, good[0]] - self.pca.mean_[good[0]]
         scores, *_ = np.linalg.lstsq(components.T, centred, rcond=None)
-        distance = ((self.pca_scores - scores) ** 2).sum(1)
+        archive = self.pca_scores
+        if params and params.get("query_resolving_power") is not None:
+            matched = self.matched(self.normalise, params)
+            archive = self.pca.transform(np.where(np.isfinite(matched), matched, self.pca.mean_))
+        distance = ((archive - scores) ** 2).sum(1)
         return np.argsort(distance)[:K]
 
 
@@ -400,8 +417,17 @@ def run(args: argparse.Namespace) -> dict:
                 }
                 for _, (rows, _) in chosen
             ],
-            "raw flux": [vote(baselines.labels, baselines.raw(s, baselines.normalise)) for s in spectra],
-            "PCA": [vote(baselines.labels, baselines.pca_knn(s)) for s in spectra],
+            "raw flux": [
+                vote(baselines.labels, baselines.raw(s, baselines.normalise, p))
+                for s, (_, (_, p)) in zip(spectra, chosen, strict=True)
+            ],
+            "PCA": [
+                vote(baselines.labels, baselines.pca_knn(s, p))
+                for s, (_, (_, p)) in zip(spectra, chosen, strict=True)
+            ],
+            "raw flux (archive resolution)": [
+                vote(baselines.labels, baselines.raw(s, baselines.normalise)) for s in spectra
+            ],
             "raw flux (median)": [vote(baselines.labels, baselines.raw(s, "median")) for s in spectra],
         }
         result["settings"][setting.name] = {

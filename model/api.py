@@ -17,6 +17,7 @@ import torch
 from model.checkpoint import grid_of, load_checkpoint
 from model.ood import OOD_FILE, OODReference, line_signal, structured_residual
 from model.preprocess import Matching, OnGrid, prepare_many
+from model.resolution import LOWEST_POWER, MatchedOrder, match
 from model.similarity import LatentIndex, exact_search
 from model.spectrum import Spectrum
 from model.velocity import Velocity, against_reconstructions, against_spectrum
@@ -36,6 +37,9 @@ QUALITY_FILE = "quality.npy"
 #: (1,) the largest continuum mismatch an upload may have and still be compared with its continuum
 #: (written by ``latentvo index`` for continuum models).
 CONTINUUM_TOLERANCE_FILE = "continuum_tolerance.npy"
+#: (n, pixels) float16: each archive spectrum as encoded, on the model's grid (normalised flux, NaN
+#: where masked; written by encode), what uploads are compared with at their own resolution.
+GRID_FLUX_FILE = "grid_flux.npy"
 #: The percentile of the archive's own mismatches that sets that tolerance.
 CONTINUUM_PERCENTILE = 95.0
 #: Spectra per forward pass on CPU: the decoder's activations (~64 kB each at 1024 pixels) stay in
@@ -59,6 +63,8 @@ class Encoded:
     #: (n,) RMS (natural log) between each spectrum's log continuum and the one the model expects of
     #: it, after a constant; NaN where not measured (see LatentModel.encode_spectra).
     continuum_mismatch: np.ndarray | None = None
+    #: The spectra as encoded, on the model's grid (set by :meth:`LatentModel.encode_spectra`).
+    on_grid: OnGrid | None = None
 
 
 def continuum_mismatch(measured: np.ndarray, expected: np.ndarray, good: np.ndarray) -> np.ndarray:
@@ -159,6 +165,11 @@ class LatentModel:
     def archive_quality(self) -> np.ndarray | None:
         """(n, 2) grid coverage and reconstruction error of each archive row, as ``encode`` found them."""
         return self._per_row(QUALITY_FILE)
+
+    @property
+    def archive_grid_flux(self) -> np.ndarray | None:
+        """(n, pixels) each archive row as encoded, on the model's grid (NaN where masked)."""
+        return self._per_row(GRID_FLUX_FILE)
 
     @property
     def latent_vars(self) -> np.ndarray:
@@ -274,7 +285,7 @@ class LatentModel:
         on_grid = prepare_many(spectra, self.grid, self.matching)
         shown = on_grid.log_continuum if continuum == "given" else None
         encoded = self.encode_arrays(on_grid.flux, on_grid.good, ood=ood, log_continuum=shown)
-        encoded.coverage = on_grid.coverage
+        encoded.coverage, encoded.on_grid = on_grid.coverage, on_grid
         if self.continuum_channel:
             encoded.continuum_used = np.full(len(spectra), continuum == "given")
             if continuum == "checked":
@@ -331,6 +342,36 @@ class LatentModel:
             return self.index.query_vector(np.asarray(vector, np.float32), k)
         query = np.asarray(self.latents[row] if row is not None else vector, np.float32)
         return exact_search(self.latents, query, k, dims=dims, weights=weights)
+
+    def flux_rankable(self, encoded: Encoded) -> bool:
+        """Whether an upload's neighbours can be ranked by flux at its own resolution
+        (:meth:`rank_by_flux`): not for versions encoded before the archive's grid flux was kept, nor
+        under median normalisation (flux calibrations would dominate the difference), nor for uploads
+        whose continuum the encoder was shown (calibrated as the archive is: the latent, continuum
+        shape included, ranks them)."""
+        shown = encoded.continuum_used is not None and bool(encoded.continuum_used[0])
+        return (
+            self.archive_grid_flux is not None
+            and encoded.on_grid is not None
+            and self.matching.normalise == "continuum"
+            and not shown
+        )
+
+    def rank_by_flux(self, encoded: Encoded, rv_kms: float | None, rows: np.ndarray) -> MatchedOrder:
+        """Archive ``rows`` (the index's nearest of an upload, ``encoded``, of velocity ``rv_kms``)
+        ordered by flux at the upload's own resolution and velocity (model/resolution.py)."""
+        rows = np.asarray(rows, np.int64)
+        velocities = self.archive_velocities
+        own = np.zeros(len(rows)) if velocities is None else np.nan_to_num(velocities[rows, 0].astype(float))
+        return match(
+            encoded.on_grid.flux[0],
+            encoded.on_grid.good[0],
+            self.archive_grid_flux[rows],
+            (rv_kms or 0.0) - own,
+            self.matching.resolving_power,
+            self.grid.velocity_step_kms,
+            float(self.config.get("augmentation", {}).get("augment_resolving_power_min", LOWEST_POWER)),
+        )
 
 
 def _mapped(path: Path) -> np.ndarray:

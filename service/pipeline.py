@@ -30,6 +30,7 @@ from model.api import (
     ANALYSIS_FILE,
     CONTINUUM_PERCENTILE,
     CONTINUUM_TOLERANCE_FILE,
+    GRID_FLUX_FILE,
     INDEX_FILE,
     MEAN_FILE,
     NEIGHBOUR_VELOCITY_FILE,
@@ -409,6 +410,7 @@ class Encoded:
     recon: np.ndarray
     coverage: np.ndarray
     velocity: np.ndarray  # (n, 2): km/s and its error, NaN where none was measured
+    grid_flux: np.ndarray  # (n, pixels) float16: the spectra on the model's grid, NaN where masked
 
     @classmethod
     def concatenate(cls, parts: Sequence[Encoded]) -> Encoded:
@@ -430,11 +432,13 @@ def encode_rows(
         np.empty(n, np.float32),
         np.empty(n, np.float32),
         np.full((n, 2), np.nan, np.float32),
+        np.empty((n, latent_model.grid.n_pixels), np.float16),
     )
     for positions, batch in _batches(load_spectra(rows), batch_size, n, progress):
         encoded = latent_model.encode_spectra(batch)
         found.mean[positions], found.var[positions] = encoded.mean, encoded.var
         found.recon[positions], found.coverage[positions] = encoded.recon_error, encoded.coverage
+        found.grid_flux[positions] = np.where(encoded.on_grid.good, encoded.on_grid.flux, np.nan)
         for position, measured in zip(
             positions, latent_model.velocities(batch, encoded.mean, encoded.rest), strict=True
         ):
@@ -476,6 +480,7 @@ def write_encoding(archive: Archive, version: int, dids: Sequence[str], encoded:
     write_npy_atomic(directory / VAR_FILE, encoded.var)
     write_npy_atomic(directory / VELOCITY_FILE, encoded.velocity)
     write_npy_atomic(directory / QUALITY_FILE, np.column_stack([encoded.coverage, encoded.recon]))
+    write_npy_atomic(directory / GRID_FLUX_FILE, encoded.grid_flux)
     archive.write_latents(version, dids, encoded.mean, encoded.var, encoded.recon)
     archive.update_model(version, stage="encoded")
 

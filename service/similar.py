@@ -24,7 +24,7 @@ import re
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, lru_cache, partial
 from itertools import islice
 from pathlib import Path
@@ -39,6 +39,7 @@ from werkzeug.utils import secure_filename
 from model.api import Encoded, LatentModel
 from model.ood import OODScore
 from model.readers import iter_spectra, read_spectra
+from model.resolution import CANDIDATES, MatchedOrder
 from model.spectrum import Spectrum, SpectrumReadError
 from model.velocity import Velocity
 from service.dali import output_format, write_result
@@ -91,13 +92,21 @@ class Query:
     def vector(self) -> np.ndarray:
         return self.encoded.mean[0]
 
+    measured: dict = field(default_factory=dict, repr=False)
+
     def model_velocity(self, model: LatentModel) -> Velocity | None:
-        """The model's velocity: as ``encode`` found it for an archive row, else measured now."""
+        """The model's velocity: as ``encode`` found it for an archive row, else measured now (once)."""
         stored = model.archive_velocities if self.row is not None else None
         if stored is None:
-            return model.velocity(self.spectrum, self.vector)
+            if "rv" not in self.measured:
+                self.measured["rv"] = model.velocity(self.spectrum, self.vector)
+            return self.measured["rv"]
         rv, error = (float(v) for v in stored[self.row])
         return Velocity(rv, error) if math.isfinite(rv) and math.isfinite(error) else None
+
+
+def rv_kms(velocity: Velocity | None) -> float | None:
+    return None if velocity is None else velocity.rv_kms
 
 
 @bp.route("", methods=["GET", "POST"])
@@ -115,15 +124,22 @@ def similar() -> Response:
     query = load_query(params, served)
     if query.row is None:  # an archive spectrum is searched with whatever it covers, as {links} does
         check_coverage(query, served.model, float(config["min_coverage"]))
-    rows, distances = served.model.neighbours(
+    model = served.model
+    by_flux = query.row is None and not search.exact and model.flux_rankable(query.encoded)
+    rows, distances = model.neighbours(
         row=query.row,
         vector=None if query.row is not None else query.vector,
-        k=k,
+        k=max(k, CANDIDATES) if by_flux else k,
         dims=search.dims if search.exact else None,
         weights=search.weights,
     )
-
+    nearest = rows  # by the latent: the reference of query_rv_xcorr, and ood_score's distance
     ood = ood_of(query, served, None if search.exact else float(distances[0]))
+    match = None
+    if by_flux:
+        match = model.rank_by_flux(query.encoded, rv_kms(query.model_velocity(model)), rows)
+        kept = match.order[:k]
+        rows, distances = np.asarray(rows)[kept], np.asarray(distances)[kept]
 
     def decorate(document: VOTableFile, resource: Resource) -> None:
         resource.coordinate_systems.append(coordinate_system(COOSYS_ID, "ICRS"))
@@ -132,7 +148,8 @@ def similar() -> Response:
             if element.name in ("s_ra", "s_dec"):
                 element.ref = COOSYS_ID
         table.params.extend(query_params(document, query, served, search, k))
-        table.params.extend(velocity_params(document, query, served, rows))
+        table.params.extend(ranking_params(document, match))
+        table.params.extend(velocity_params(document, query, served, nearest))
         if ood is not None:
             table.params.append(ood_param(document, ood.score))
             if ood.weak:
@@ -565,6 +582,35 @@ def archive_velocity(velocities: np.ndarray | None, row: int) -> tuple[float | N
     if velocities is None or not np.isfinite(velocities[row]).all():
         return None, None
     return float(velocities[row, 0]), float(velocities[row, 1])
+
+
+def ranking_params(document: VOTableFile, match: MatchedOrder | None) -> list:
+    """How the neighbours were ordered: by latent distance, or by flux at the query's resolution."""
+    params = [
+        param(
+            document,
+            "ranking",
+            "flux" if match is not None else "latent",
+            ucd="meta.code",
+            description="latent: neighbours in order of distance; flux: the index's nearest "
+            f"{CANDIDATES} (or K) in order of their flux difference from the upload once brought to its "
+            "velocity and to query_resolving_power (the distance column stays the latent distance)",
+        )
+    ]
+    if match is not None:
+        params.append(
+            param(
+                document,
+                "query_resolving_power",
+                repr(round(match.resolving_power, 1)),
+                "double",
+                None,
+                ucd="spect.resolution",
+                description="The resolving power (lambda / delta lambda) at which the archive spectra fit "
+                "the upload best, of those tried from the lowest the model was trained for to the archive's",
+            )
+        )
+    return params
 
 
 def continuum_params(document: VOTableFile, encoded: Encoded) -> list:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from model.api import LatentModel, continuum_mismatch
+from model.preprocess import prepare_many
 from model.similarity import exact_search
 from service import pipeline
 from service.archive import Archive
@@ -93,6 +94,15 @@ def test_encode_fills_latent_table_and_matrix(built):
     ).fetchone()
     assert db["z0"] == pytest.approx(float(model.latents[row, 0]), rel=1e-6)
     assert db["z0_var"] > 0 and db["recon_error"] > 0 and db["anomaly_score"] is not None
+    # Each spectrum as encoded, on the grid (what uploads are ranked against by flux): NaN where masked.
+    grid_flux = model.archive_grid_flux
+    assert grid_flux.shape == (200, model.grid.n_pixels) and grid_flux.dtype == np.float16
+    rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
+    assert rows[row]["obs_publisher_did"] == did
+    on_grid = prepare_many(pipeline.read_rows([rows[row]]), model.grid, model.matching)
+    expected = np.where(on_grid.good[0], on_grid.flux[0], np.nan).astype(np.float16)
+    np.testing.assert_array_equal(grid_flux[row], expected)
+    assert np.isfinite(grid_flux).mean() > 0.9
 
 
 def test_analysis_stores_mi_for_model_and_pca(built):

@@ -23,6 +23,7 @@ from urllib3 import encode_multipart_formdata
 
 from bench.heldout import MilesStar, heldout_stars, write_csv, write_fits_image, write_flux_csv
 from model.preprocess import C_KMS
+from model.resolution import CANDIDATES, ladder
 from model.similarity import exact_search
 from model.spectrum import Spectrum, air_to_vacuum
 from model.velocity import fine_grid
@@ -168,8 +169,9 @@ def test_every_format_gives_one_encoding_and_one_list_of_neighbours(answers, mod
         rows, params = answers[fmt]
         assert params["coverage"] > 0.95, fmt
         np.testing.assert_allclose(query_z(params, model.latent_dim), z, atol=0.02, err_msg=fmt)
-        # The SDSS file is resampled by interpolation (a little smoothing): near-ties may swap below 3.
-        same = 3 if fmt == "sdss" else 5
+        # The SDSS file is resampled by interpolation, a little smoothing that the flux ranking at the
+        # upload's resolution sees: near-ties may swap below the first.
+        same = 1 if fmt == "sdss" else 5
         assert [r["obs_publisher_did"] for r in rows[:same]] == top[:same], fmt
         assert len(set(r["obs_publisher_did"] for r in rows) & set(top)) >= 8, fmt
     # Without resampling (all but the SDSS-like file) the model sees the same pixels.
@@ -191,8 +193,15 @@ def test_upload_is_encoded_as_the_model_encodes_it_and_searched_by_the_index(ans
     assert params["DIMS"] == " ".join(map(str, model.similarity_dims))
     assert params["model_version"] == model.version and params["query"] == f"{star.miles_id}.fits"
 
-    expected_rows, expected_distances = model.neighbours(vector=encoded.mean[0], k=10)
+    # Compared by its lines alone: the index's nearest, ordered by flux at the upload's resolution.
+    assert params["ranking"] == "flux" and params["query_resolving_power"] in np.round(ladder(2000.0), 1)
+    assert model.flux_rankable(encoded)
+    candidates, distances = model.neighbours(vector=encoded.mean[0], k=CANDIDATES)
+    match = model.rank_by_flux(encoded, model.velocity(spectrum, encoded.mean[0]).rv_kms, candidates)
+    assert params["query_resolving_power"] == pytest.approx(match.resolving_power, abs=0.1)
+    expected_rows, expected_distances = candidates[match.order[:10]], distances[match.order[:10]]
     assert [r["obs_publisher_did"] for r in rows] == [model.dids[i] for i in expected_rows]
+    # The distance column stays the latent distance.
     np.testing.assert_allclose([r["distance"] for r in rows], expected_distances, rtol=1e-4, atol=1e-6)
     assert [r["rank"] for r in rows] == list(range(1, 11))
     for row, i in zip(rows, expected_rows, strict=True):
@@ -335,6 +344,12 @@ def test_dims_and_weights_rank_as_exact_search_says(live_server, dids, model, fi
     z = query_z(params, model.latent_dim)
     expected, _ = exact_search(model.latents, z, 6, dims=[dims[1]])
     assert [r["obs_publisher_did"] for r in uploaded] == [model.dids[i] for i in expected]
+    assert params["ranking"] == "latent" and "query_resolving_power" not in params  # chosen dimensions
+    assert default_params_of(live_server, did)["ranking"] == "latent"  # an archive spectrum: the latent
+
+
+def default_params_of(live_server, did: str) -> dict:
+    return answer(requests.get(f"{live_server.url}/similar", params={"ID": did, "K": 3}, timeout=60))[1]
 
 
 def test_weights_without_dims_weight_the_similarity_dims(live_server, dids, model):
