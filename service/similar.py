@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from functools import cache, lru_cache, partial
+from functools import cache, lru_cache
 from itertools import islice
 from pathlib import Path
 from urllib.parse import urlencode
@@ -48,6 +48,7 @@ from service.datalink import MAX_K, default_k, links_descriptor, read_spectrum, 
 from service.errors import LimitError, NotFoundError, UsageError
 from service.params import Params, request_params
 from service.state import ServedModel, state
+from service.storage import Row
 from service.votable import Column, coordinate_system, info, param
 
 bp = Blueprint("similar", __name__)
@@ -141,6 +142,8 @@ def similar() -> Response:
         kept = match.order[:k]
         rows, distances = np.asarray(rows)[kept], np.asarray(distances)[kept]
 
+    spectra = spectra_by_did([served.dids[int(r)] for r in rows])  # one query for the rows and velocity
+
     def decorate(document: VOTableFile, resource: Resource) -> None:
         resource.coordinate_systems.append(coordinate_system(COOSYS_ID, "ICRS"))
         table = resource.tables[0]
@@ -149,7 +152,7 @@ def similar() -> Response:
                 element.ref = COOSYS_ID
         table.params.extend(query_params(document, query, served, search, k))
         table.params.extend(ranking_params(document, match))
-        table.params.extend(velocity_params(document, query, served, nearest))
+        table.params.extend(velocity_params(document, query, served, nearest, spectra))
         if ood is not None:
             table.params.append(ood_param(document, ood.score))
             if ood.weak:
@@ -158,7 +161,7 @@ def similar() -> Response:
 
     return write_result(
         result_columns(search),
-        result_rows(served, rows, distances, search.dims),
+        result_rows(served, rows, distances, search.dims, spectra),
         fmt,
         decorate=decorate,
     )
@@ -280,7 +283,7 @@ def load_query(params: Params, served: ServedModel) -> Query:
         if row is None:
             spectrum_row(did)  # an unknown DID is NotFoundFault
             raise NotFoundError(f"{did} is not encoded by model version {served.version} yet")
-        load = cache(partial(read_spectrum, spectrum_row(did)))  # read at most once, only if needed
+        load = cache(lambda: read_spectrum(spectrum_row(did)))  # read at most once, only if needed
         return Query(did, load, archived_encoding(served.model, load, row), row)
     if upload is None:
         raise UsageError(
@@ -378,14 +381,16 @@ VELOCITY_FRAMES = {
 }
 
 
-def velocity_params(document: VOTableFile, query: Query, served: ServedModel, rows: np.ndarray) -> list:
-    """query_rv(_err), the model's velocity, and query_rv_xcorr(_err), from the nearest archive spectrum;
-    none for a model without a velocity dimension."""
+def velocity_params(
+    document: VOTableFile, query: Query, served: ServedModel, rows: np.ndarray, known: dict[str, Row]
+) -> list:
+    """query_rv(_err), the model's velocity, and query_rv_xcorr(_err), from the nearest archive spectrum
+    (``known``: archive rows already read, by DID); none for a model without a velocity dimension."""
     model = served.model
     if model.velocity_dim is None:
         return []
     rv = query.model_velocity(model)
-    xcorr = neighbour_velocity(query, served, rows)
+    xcorr = neighbour_velocity(query, served, rows, known)
     frame = VELOCITY_FRAMES.get(model.velocity_frame, VELOCITY_FRAMES["free"])
     sign = (
         f"positive when receding, {frame}, in the frame of the spectrum's wavelengths "
@@ -423,7 +428,9 @@ def velocity_params(document: VOTableFile, query: Query, served: ServedModel, ro
     ]
 
 
-def neighbour_velocity(query: Query, served: ServedModel, rows: np.ndarray) -> Velocity | None:
+def neighbour_velocity(
+    query: Query, served: ServedModel, rows: np.ndarray, known: dict[str, Row]
+) -> Velocity | None:
     """The query's velocity against the nearest archive spectrum that is not the query itself.
 
     That spectrum's own velocity: 0 in an archive at rest, else its ``rv`` label, else the model's.
@@ -436,7 +443,8 @@ def neighbour_velocity(query: Query, served: ServedModel, rows: np.ndarray) -> V
     nearest = others[0]
     own = 0.0
     if served.model.velocity_frame != "rest":
-        own = spectrum_row(served.dids[nearest])["rv"]
+        did = served.dids[nearest]
+        own = (known.get(did) or spectrum_row(did))["rv"]
         velocities = served.model.archive_velocities
         if own is None and velocities is not None:
             own = float(velocities[nearest, 0])
@@ -542,10 +550,10 @@ def _result_columns(dims: tuple[int, ...], weights: tuple[float, ...] | None) ->
 
 
 def result_rows(
-    served: ServedModel, rows: np.ndarray, distances: np.ndarray, dims: Sequence[int]
+    served: ServedModel, rows: np.ndarray, distances: np.ndarray, dims: Sequence[int], spectra: dict[str, Row]
 ) -> list[tuple]:
+    """The answer's rows; ``spectra`` are the neighbours' archive rows by DID (absent where deleted)."""
     dids = [served.dids[int(r)] for r in rows]
-    spectra = spectra_by_did(dids)
     latents = np.asarray(served.model.latents[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
     latents = latents.reshape(len(dids), served.model.latent_dim)[:, list(dims)]
     links_url = state().url("datalink/links")
