@@ -161,6 +161,9 @@ def test_upload_shows_k_results(opened, upload_file):
     assert page.locator("#results tr.result").count() == 4
     page.wait_for_function("document.querySelectorAll('#similar-plot canvas').length > 0", timeout=60_000)
     assert page.locator("#download").get_attribute("href").startswith("blob:")
+    # Compared by its lines alone, the upload's neighbours are ranked by flux at its resolution.
+    status = page.text_content("#similar-status")
+    assert "ranked by their flux at the upload's velocity and resolution (R ≈ " in status, status
     watched.screenshot("similar-upload")
 
 

@@ -76,7 +76,11 @@ const SimilarPage = (() => {
       download.href = URL.createObjectURL(new Blob([text], { type: "application/x-votable+xml" }));
       download.download = "similar.vot";
       document.getElementById("result-actions").hidden = false;
-      LV.say(status, `${table.rows.length} nearest spectra (${table.params.search} search over z${String(table.params.DIMS).split(" ").join(", z")})`);
+      const over = `${table.params.search} search over z${String(table.params.DIMS).split(" ").join(", z")}`;
+      // An upload compared by its lines is ranked by flux at its own resolution (PARAM ranking).
+      LV.say(status, table.params.ranking === "flux"
+        ? `${table.rows.length} most similar spectra: the nearest by ${over}, ranked by their flux at the upload's velocity and resolution (R ≈ ${LV.format(table.params.query_resolving_power, 3)}); the distance is the latent one`
+        : `${table.rows.length} nearest spectra (${over})`);
     } catch (error) {
       LV.say(status, error.message, true);
     }
