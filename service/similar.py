@@ -84,6 +84,7 @@ class Query:
     load: Callable[[], Spectrum]
     encoded: Encoded
     row: int | None
+    measured: dict = field(default_factory=dict, repr=False)  # what was measured of it, once
 
     @property
     def spectrum(self) -> Spectrum:
@@ -92,8 +93,6 @@ class Query:
     @property
     def vector(self) -> np.ndarray:
         return self.encoded.mean[0]
-
-    measured: dict = field(default_factory=dict, repr=False)
 
     def model_velocity(self, model: LatentModel) -> Velocity | None:
         """The model's velocity: as ``encode`` found it for an archive row, else measured now (once)."""
