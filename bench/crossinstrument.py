@@ -18,10 +18,13 @@ z ≈ 0.05-0.1, emission lines).
 
 Each file is POSTed to ``/similar`` (K = 5) of the demo archive served by gunicorn. A star is
 "within 500 K" when the median catalogue Teff of its 5 neighbours is. Beside the model, two
-baselines answer the same uploads with the same matching (vacuum, the model's grid and
-normalisation): k-NN on the gridded flux ("raw flux") and on a PCA of it with as many
-components as the model has latent dimensions; "raw flux (median)" is the matching the
-service had before (median normalisation only). Velocities: ``query_rv`` (the model's z0) and
+baselines answer the same uploads with the same matching (vacuum, the model's grid, the
+velocity and resolving power the service found): k-NN over the whole archive on the gridded flux
+("raw flux", compared as the service's flux ranking compares: continua kept, a calibration curve
+fitted) and on a PCA of the continuum-normalised flux with as many components as the model has
+latent dimensions. "raw flux (archive resolution)" is k-NN on continuum-normalised flux with no
+resolution or velocity matching, and "raw flux (median)" the matching the service had first
+(median normalisation only). Velocities: ``query_rv`` (the model's z0) and
 ``query_rv_xcorr`` (cross-correlation with the reconstruction) against the injected velocity.
 ``ood_score``: ROC AUC of garbage against the valid uploads.
 
@@ -233,7 +236,10 @@ class Baselines:
         self.flux = {}
         self.good = {}
         for name, m in self.matchings.items():
-            self.flux[name], self.good[name], *_ = prepare_many(spectra, grid, m)
+            on_grid = prepare_many(spectra, grid, m)
+            self.flux[name], self.good[name] = on_grid.flux, on_grid.good
+            if name == matching.normalise:
+                self.calibrated = on_grid.calibrated()
         _, self.pca = analysis.pca_baseline(
             self.flux[matching.normalise], n_components, mask=~self.good[matching.normalise]
         )
@@ -243,11 +249,10 @@ class Baselines:
         self.normalise = matching.normalise
         self.archive_power = matching.resolving_power
 
-    def matched(self, which: str, params: dict | None) -> np.ndarray:
-        """The archive's gridded flux (NaN where masked) brought to an upload's velocity and resolving
-        power as the service found them (PARAMs query_rv, query_resolving_power): the same matching
-        as the model's flux ranking (model/resolution.py). As it is without them."""
-        flux = np.where(self.good[which], self.flux[which], np.nan)
+    def matched(self, flux: np.ndarray, params: dict | None) -> np.ndarray:
+        """The archive's gridded ``flux`` (NaN where masked) brought to an upload's velocity and
+        resolving power as the service found them (PARAMs query_rv, query_resolving_power): the same
+        matching as the model's flux ranking (model/resolution.py). As it is without them."""
         if not params or params.get("query_resolving_power") is None:
             return flux
         step = self.grid.velocity_step_kms
@@ -258,8 +263,15 @@ class Baselines:
         return resolution.blurred(moved, sigma)
 
     def raw(self, spectrum: Spectrum, which: str, params: dict | None = None) -> np.ndarray:
-        flux, good, *_ = prepare_many([spectrum], self.grid, self.matchings[which])
-        misfit = resolution.misfits(flux[0], good[0], self.matched(which, params))
+        """k-NN on flux: with an upload's ``params``, matched as the service's flux ranking matches
+        (resolution, velocity, calibration curve, the continuum kept); without, as prepared."""
+        on_grid = prepare_many([spectrum], self.grid, self.matchings[which])
+        if params and params.get("query_resolving_power") is not None:
+            flux = np.nan_to_num(on_grid.calibrated()[0])
+            misfit = resolution.misfits(flux, on_grid.good[0], self.matched(self.calibrated, params))
+        else:
+            archive = np.where(self.good[which], self.flux[which], np.nan)
+            misfit = resolution.misfits(on_grid.flux[0], on_grid.good[0], archive, degree=None)
         return np.argsort(misfit, kind="stable")[:K]
 
     def pca_knn(self, spectrum: Spectrum, params: dict | None = None) -> np.ndarray:
@@ -269,7 +281,8 @@ class Baselines:
         scores, *_ = np.linalg.lstsq(components.T, centred, rcond=None)
         archive = self.pca_scores
         if params and params.get("query_resolving_power") is not None:
-            matched = self.matched(self.normalise, params)
+            flux = np.where(self.good[self.normalise], self.flux[self.normalise], np.nan)
+            matched = self.matched(flux, params)
             archive = self.pca.transform(np.where(np.isfinite(matched), matched, self.pca.mean_))
         distance = ((archive - scores) ** 2).sum(1)
         return np.argsort(distance)[:K]

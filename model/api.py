@@ -37,9 +37,11 @@ QUALITY_FILE = "quality.npy"
 #: (1,) the largest continuum mismatch an upload may have and still be compared with its continuum
 #: (written by ``latentvo index`` for continuum models).
 CONTINUUM_TOLERANCE_FILE = "continuum_tolerance.npy"
-#: (n, pixels) float16: each archive spectrum as encoded, on the model's grid (normalised flux, NaN
-#: where masked; written by encode), what uploads are compared with at their own resolution.
-GRID_FLUX_FILE = "grid_flux.npy"
+#: (n, pixels) float16: each archive spectrum on the model's grid with its continuum, divided by a
+#: constant (:meth:`OnGrid.calibrated`, NaN where masked; written by encode): what uploads are
+#: compared with at their own resolution. (Versions encoded before it kept ``grid_flux.npy``, divided
+#: by the continuum; they rank uploads by the latent.)
+GRID_FLUX_FILE = "grid_calibrated.npy"
 #: The percentile of the archive's own mismatches that sets that tolerance.
 CONTINUUM_PERCENTILE = 95.0
 #: Spectra per forward pass on CPU: the decoder's activations (~64 kB each at 1024 pixels) stay in
@@ -168,7 +170,7 @@ class LatentModel:
 
     @property
     def archive_grid_flux(self) -> np.ndarray | None:
-        """(n, pixels) each archive row as encoded, on the model's grid (NaN where masked)."""
+        """(n, pixels) each archive row on the model's grid with its continuum (NaN where masked)."""
         return self._per_row(GRID_FLUX_FILE)
 
     @property
@@ -346,16 +348,10 @@ class LatentModel:
     def flux_rankable(self, encoded: Encoded) -> bool:
         """Whether an upload's neighbours can be ranked by flux at its own resolution
         (:meth:`rank_by_flux`): not for versions encoded before the archive's grid flux was kept, nor
-        under median normalisation (flux calibrations would dominate the difference), nor for uploads
-        whose continuum the encoder was shown (calibrated as the archive is: the latent, continuum
-        shape included, ranks them)."""
+        for uploads whose continuum the encoder was shown (calibrated as the archive is: the latent,
+        continuum shape included, ranks them)."""
         shown = encoded.continuum_used is not None and bool(encoded.continuum_used[0])
-        return (
-            self.archive_grid_flux is not None
-            and encoded.on_grid is not None
-            and self.matching.normalise == "continuum"
-            and not shown
-        )
+        return self.archive_grid_flux is not None and encoded.on_grid is not None and not shown
 
     def rank_by_flux(self, encoded: Encoded, rv_kms: float | None, rows: np.ndarray) -> MatchedOrder:
         """Archive ``rows`` (the index's nearest of an upload, ``encoded``, of velocity ``rv_kms``)
@@ -364,7 +360,7 @@ class LatentModel:
         velocities = self.archive_velocities
         own = np.zeros(len(rows)) if velocities is None else np.nan_to_num(velocities[rows, 0].astype(float))
         return match(
-            encoded.on_grid.flux[0],
+            np.nan_to_num(encoded.on_grid.calibrated()[0]),
             encoded.on_grid.good[0],
             self.archive_grid_flux[rows],
             (rv_kms or 0.0) - own,

@@ -203,6 +203,12 @@ class OnGrid(NamedTuple):
     coverage: np.ndarray
     log_continuum: np.ndarray
 
+    def calibrated(self) -> np.ndarray:
+        """The flux with its continuum put back, so divided only by a constant (the median of its
+        continuum, or of itself under median normalisation): (n, p) float32, NaN where masked."""
+        shape = np.exp(np.nan_to_num(self.log_continuum, nan=0.0))
+        return np.where(self.good, self.flux * shape, np.nan).astype(np.float32)
+
 
 def prepare_many(spectra: Sequence[Spectrum], grid: Grid, matching: Matching = Matching()) -> OnGrid:
     """Stack :func:`prepare` over spectra."""

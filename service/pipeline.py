@@ -410,7 +410,7 @@ class Encoded:
     recon: np.ndarray
     coverage: np.ndarray
     velocity: np.ndarray  # (n, 2): km/s and its error, NaN where none was measured
-    grid_flux: np.ndarray  # (n, pixels) float16: the spectra on the model's grid, NaN where masked
+    grid_flux: np.ndarray  # (n, pixels) float16: the spectra on the model's grid (OnGrid.calibrated)
 
     @classmethod
     def concatenate(cls, parts: Sequence[Encoded]) -> Encoded:
@@ -438,7 +438,7 @@ def encode_rows(
         encoded = latent_model.encode_spectra(batch)
         found.mean[positions], found.var[positions] = encoded.mean, encoded.var
         found.recon[positions], found.coverage[positions] = encoded.recon_error, encoded.coverage
-        found.grid_flux[positions] = np.where(encoded.on_grid.good, encoded.on_grid.flux, np.nan)
+        found.grid_flux[positions] = encoded.on_grid.calibrated()
         for position, measured in zip(
             positions, latent_model.velocities(batch, encoded.mean, encoded.rest), strict=True
         ):

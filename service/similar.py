@@ -601,7 +601,8 @@ def ranking_params(document: VOTableFile, match: MatchedOrder | None) -> list:
             ucd="meta.code",
             description="latent: neighbours in order of distance; flux: the index's nearest "
             f"{CANDIDATES} (or K) in order of their flux difference from the upload once brought to its "
-            "velocity and to query_resolving_power (the distance column stays the latent distance)",
+            "velocity and to query_resolving_power, each times the smooth curve that best takes a flux "
+            "calibration out (the distance column stays the latent distance)",
         )
     ]
     if match is not None:

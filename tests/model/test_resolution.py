@@ -55,7 +55,34 @@ def test_misfits_compare_only_pixels_both_have():
     flux = np.array([1.0, 2.0, 3.0, 4.0])
     good = np.array([True, True, True, False])
     templates = np.array([[1.0, 2.0, 3.0, 99.0], [2.0, np.nan, 4.0, 4.0], [np.nan] * 4])
-    np.testing.assert_allclose(misfits(flux, good, templates), [0.0, 1.0, np.inf])
+    np.testing.assert_allclose(misfits(flux, good, templates, degree=None), [0.0, 1.0, np.inf])
+
+
+def response_curve(n_pixels: int, rng: np.random.Generator, log_rms: float = 0.4) -> np.ndarray:
+    """Another flux calibration: the exponential of a random Legendre series of order 4 in log λ."""
+    x = np.linspace(-1, 1, n_pixels)
+    curve = np.polynomial.legendre.legval(x, np.concatenate([[0.0], rng.normal(size=4)]))
+    return np.exp(curve / curve.std() * log_rms)
+
+
+def test_a_flux_calibration_is_taken_out_and_finer_structure_is_not():
+    """A star under another flux calibration (log-RMS 0.4, a curve on the scale of the range) fits
+    itself to within its noise once the calibration curve is fitted, and 30 times worse without; a
+    star with one broad band more (15 pixels, 5 % deep: narrower than any calibration curve) does not
+    fit it: the curve takes out less than 30 % of the band."""
+    rng = np.random.default_rng(11)
+    star = lines(rng) * np.exp(-np.linspace(0, 1.5, GRID.n_pixels))  # lines on a sloping continuum
+    calibration = response_curve(GRID.n_pixels, rng)
+    upload = star * calibration + rng.normal(0, 0.005, GRID.n_pixels)
+    good = np.ones(GRID.n_pixels, bool)
+    good[:100] = False  # the upload covers less than the archive
+    band = 1 - 0.05 * np.exp(-0.5 * ((np.arange(GRID.n_pixels) - 600) / 15.0) ** 2)
+    templates = np.stack([star, star * band])
+    fitted = misfits(upload, good, templates)
+    assert fitted[0] < 2 * 0.005**2
+    band_signal = np.mean(((star * band - star) * calibration)[good] ** 2)  # had nothing absorbed it
+    assert fitted[1] - fitted[0] > 0.7 * band_signal
+    assert misfits(upload, good, templates, degree=None)[0] > 30 * fitted[0]
 
 
 def test_the_ladder_runs_from_the_lowest_power_to_the_archives():
@@ -64,14 +91,16 @@ def test_the_ladder_runs_from_the_lowest_power_to_the_archives():
 
 
 def test_a_low_resolution_shifted_upload_finds_its_star_where_native_flux_would_not():
-    """The upload is star 0 at R = 500, moved by 150 km/s, with noise. Star 1 has star 0's lines,
-    weaker and broader: at the archive's resolution it looks more like the blurred upload than star 0
-    does; brought to the upload's resolution and velocity, star 0 fits best, and R = 500 is found."""
+    """The upload is star 0 at R = 500, moved by 150 km/s, under another flux calibration, with
+    noise. Star 1 has star 0's lines, weaker and broader: at the archive's resolution it looks more
+    like the blurred upload than star 0 does; brought to the upload's resolution and velocity, star 0
+    fits best, and R = 500 is found."""
     rng = np.random.default_rng(3)
     stars = np.stack([lines(rng) for _ in range(6)])
     stars[1] = 1 - 0.85 * (1 - blurred(stars[:1], sigma_pixels(700.0))[0])  # star 0's lines, smoother
     upload = blurred(stars[:1], sigma_pixels(500.0))
     upload = shifted(upload, np.array([150.0 / GRID.velocity_step_kms]))[0]
+    upload *= response_curve(GRID.n_pixels, rng)
     upload += rng.normal(0, 0.01, upload.shape)
     good = np.isfinite(upload)
     upload = np.where(good, upload, 0.0)

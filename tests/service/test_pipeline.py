@@ -94,14 +94,18 @@ def test_encode_fills_latent_table_and_matrix(built):
     ).fetchone()
     assert db["z0"] == pytest.approx(float(model.latents[row, 0]), rel=1e-6)
     assert db["z0_var"] > 0 and db["recon_error"] > 0 and db["anomaly_score"] is not None
-    # Each spectrum as encoded, on the grid (what uploads are ranked against by flux): NaN where masked.
+    # Each spectrum on the grid with its continuum (what uploads are ranked against by flux), NaN
+    # where masked: under median normalisation, the flux as the encoder saw it.
     grid_flux = model.archive_grid_flux
     assert grid_flux.shape == (200, model.grid.n_pixels) and grid_flux.dtype == np.float16
     rows = archive.spectra(columns="obs_publisher_did, source_path, source_index")
     assert rows[row]["obs_publisher_did"] == did
     on_grid = prepare_many(pipeline.read_rows([rows[row]]), model.grid, model.matching)
-    expected = np.where(on_grid.good[0], on_grid.flux[0], np.nan).astype(np.float16)
+    expected = on_grid.calibrated()[0].astype(np.float16)
     np.testing.assert_array_equal(grid_flux[row], expected)
+    good = on_grid.good[0]
+    assert model.matching.normalise == "median"
+    np.testing.assert_allclose(grid_flux[row][good], on_grid.flux[0][good], rtol=2e-3)
     assert np.isfinite(grid_flux).mean() > 0.9
 
 
@@ -233,6 +237,15 @@ def test_a_continuum_model_is_trained_encoded_and_given_its_tolerance(tmp_path, 
     mismatch = continuum_mismatch(sample.log_continuum, model.continua(lines_only.mean), sample.good)
     expected = max(0.08, float(np.percentile(mismatch[np.isfinite(mismatch)], 95)))
     assert model.continuum_tolerance == pytest.approx(expected)
+    # What uploads are ranked against by flux: the continuum-normalised flux the encoder saw times the
+    # continuum it divided out (divided by a constant), NaN where masked.
+    on_grid = prepare_many(spectra[:1], model.grid, model.matching)
+    good = on_grid.good[0]
+    kept = model.archive_grid_flux[archive.row_of(version, rows[0]["obs_publisher_did"])]
+    assert np.isnan(kept[~good]).all()
+    continuum = np.exp(on_grid.log_continuum[0][good])
+    np.testing.assert_allclose(kept[good] / continuum, on_grid.flux[0][good], rtol=2e-3, atol=1e-3)
+    assert np.ptp(np.log(continuum)) > 0.3  # the continuum kept is not a constant
     checked = model.encode_spectra(spectra, continuum="checked")
     assert (checked.continuum_used == (checked.continuum_mismatch <= model.continuum_tolerance)).all()
     archive.close()
