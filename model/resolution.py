@@ -23,6 +23,7 @@ resolving power a constant Gaussian width).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -112,17 +113,26 @@ def calibration_curves(flux: np.ndarray, good: np.ndarray, templates: np.ndarray
     inside = np.flatnonzero(good)
     if inside.size == 0:
         return np.ones_like(templates)
-    first, last = inside[0], inside[-1]
-    x = np.clip((np.arange(flux.size) - first) / max(last - first, 1) * 2 - 1, -1, 1)
-    basis = np.polynomial.legendre.legvander(x, degree)  # (pixels, terms)
+    basis, products = legendre_terms(flux.size, int(inside[0]), int(inside[-1]), degree)
     terms = degree + 1
-    products = (basis[:, :, None] * basis[:, None, :]).reshape(flux.size, terms * terms)
     normal = ((templates**2) @ products).reshape(-1, terms, terms)  # one product for all templates
     right = (templates * flux) @ basis
     scale = np.trace(normal, axis1=1, axis2=2)[:, None, None] / terms
     ridge = 1e-9 * np.maximum(scale, 1e-30) * np.eye(terms)  # a template with no data fits as 0
     coefficients = np.linalg.solve(normal + ridge, right[..., None])[..., 0]
     return coefficients @ basis.T
+
+
+@lru_cache(maxsize=64)
+def legendre_terms(size: int, first: int, last: int, degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """Legendre polynomials up to ``degree`` over pixels ``first``..``last`` of ``size`` (constant
+    beyond), (size, terms), and their pairwise products, (size, terms²): the same for every ladder
+    step and for every upload of the same coverage, so kept."""
+    x = np.clip((np.arange(size) - first) / max(last - first, 1) * 2 - 1, -1, 1)
+    basis = np.polynomial.legendre.legvander(x, degree)
+    products = (basis[:, :, None] * basis[:, None, :]).reshape(size, -1)
+    basis.flags.writeable = products.flags.writeable = False
+    return basis, products
 
 
 def match(
