@@ -485,10 +485,33 @@ def run(args: argparse.Namespace) -> dict:
         "within_500K_not_warned": float(hits[~warned].mean()) if (~warned).any() else None,
         "n_garbage": len(all_junk),
     }
+    result["label_warning"] = label_warnings(uploads, answers)
     result["in_distribution"] = in_distribution(model, baselines)
     result["ceilings"] = ceilings(stars, baselines)
     result["upload_s"] = upload_s
     return result
+
+
+def label_warnings(uploads: list[Upload], answers: list[tuple[list[dict], dict]]) -> dict:
+    """How the answers' ``labels`` warning (the neighbours' Teff spans widely) sorts valid uploads:
+    the share warned, overall and above 10,000 K, and the share within 500 K of those warned and not."""
+    warned, hits, hot = [], [], []
+    for upload, (rows, params) in zip(uploads, answers, strict=True):
+        if upload.star is None or not np.isfinite(upload.star.teff):
+            continue
+        voted = np.nanmedian([np.nan if r["teff"] is None else r["teff"] for r in rows])
+        warned.append("labels" in params.get("warnings", []))
+        hits.append(abs(voted - upload.star.teff) <= TEFF_TOLERANCE)
+        hot.append(upload.star.teff > 10_000)
+    warned, hits, hot = np.array(warned), np.array(hits), np.array(hot)
+    return {
+        "warned": float(warned.mean()),
+        "hot_warned": float(warned[hot].mean()) if hot.any() else None,
+        "cooler_warned": float(warned[~hot].mean()) if (~hot).any() else None,
+        "within_500K_warned": float(hits[warned].mean()) if warned.any() else None,
+        "within_500K_not_warned": float(hits[~warned].mean()) if (~warned).any() else None,
+        "n_valid": int(len(warned)),
+    }
 
 
 def in_distribution(model, baselines: Baselines, k: int = 10) -> dict:
@@ -632,6 +655,18 @@ def markdown(result: dict) -> str:
         f"500 K: {fmt(o['within_500K_not_warned'], '.1%')} of those without a warning, "
         f"{fmt(o['within_500K_warned'], '.1%')} of those warned.",
     ]
+    w = result.get("label_warning")
+    if w:
+        lines += [
+            "",
+            "## The neighbours disagree: INFO warning `labels`",
+            "",
+            f"Given when the neighbours' Teff spans more than 30 % of their median: {w['warned']:.1%} of the "
+            f"{w['n_valid']} valid uploads ({fmt(w['hot_warned'], '.1%')} of those above 10,000 K, "
+            f"{fmt(w['cooler_warned'], '.1%')} of the others). Within 500 K: "
+            f"{fmt(w['within_500K_warned'], '.1%')} of those warned, "
+            f"{fmt(w['within_500K_not_warned'], '.1%')} of the rest.",
+        ]
     return "\n".join(lines) + "\n"
 
 

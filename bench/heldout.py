@@ -192,17 +192,20 @@ def wait_until_available(url: str, process: subprocess.Popen, log, timeout: floa
 
 
 def similar(session: requests.Session, url: str, path: Path, k: int) -> tuple[list[dict], dict]:
-    """POST one file to /similar; the rows (teff, logg, feh, distance, DID) and the PARAMs."""
+    """POST one file to /similar; the rows (teff, logg, feh, distance, DID) and the PARAMs, with the
+    values of its INFO name="warning" (why the answer is weak: ``ood``, ``labels``) as "warnings"."""
     with path.open("rb") as handle:
         response = session.post(
             f"{url}/similar", files={"FILE": (path.name, handle)}, data={"K": k}, timeout=60
         )
     if response.status_code != 200:
         raise RuntimeError(f"{path.name}: HTTP {response.status_code}: {response.text[:500]}")
-    table = parse(io.BytesIO(response.content)).get_first_table()
+    document = parse(io.BytesIO(response.content))
+    table = document.get_first_table()
     names = ("obs_publisher_did", "distance", "teff", "logg", "feh")
     rows = [{n: (None if np.ma.is_masked(row[n]) else row[n]) for n in names} for row in table.array]
-    return rows, {p.name: p.value for p in table.params}
+    warnings = [i.value for i in document.resources[0].infos if i.name == "warning"]
+    return rows, {p.name: p.value for p in table.params} | {"warnings": warnings}
 
 
 # -- scoring --------------------------------------------------------------------------------------

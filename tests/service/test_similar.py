@@ -18,6 +18,7 @@ import pytest
 import requests
 from astropy.io import fits
 from astropy.io.votable import parse
+from pyvo.dal import TAPService
 from pyvo.dal.adhoc import DatalinkResults
 from urllib3 import encode_multipart_formdata
 
@@ -560,9 +561,25 @@ def test_ood_score_ranks_garbage_above_a_real_star(live_server, files, star, tmp
         score = answer(response)[1]["ood_score"]
         assert score > real_score and score >= 0.8, name
         warnings = warnings_of(response)
-        assert len(warnings) == (1 if score >= 0.9 else 0), name
-        assert all("unlike the spectra of this archive" in w for w in warnings)
+        unlike = [w for w in warnings if "unlike the spectra of this archive" in w]
+        assert len(unlike) == (1 if score >= 0.9 else 0), name
+        assert all(w in unlike or "the neighbours disagree" in w for w in warnings)  # see below
     assert "ood_score" not in answer(post(live_server, ID=answer(real)[0][0]["obs_publisher_did"]))[1]
+
+
+def test_neighbours_of_widely_different_teff_make_a_weak_answer(live_server, files):
+    """The hottest star of the archive has few like it: its neighbours' Teff spans more than 30 % of
+    their median, and the answer says so and why; a sun-like star's neighbours agree (no warning)."""
+    tap = TAPService(f"{live_server.url}/tap")
+    hottest = tap.search("SELECT TOP 1 obs_publisher_did FROM ivoa.obscore ORDER BY teff DESC")[0]
+    response = post(live_server, ID=hottest["obs_publisher_did"], K=5)
+    rows, _ = answer(response)
+    teff = [r["teff"] for r in rows]
+    assert (max(teff) - min(teff)) / np.median(teff) > 0.3
+    (warning,) = [w for w in warnings_of(response) if "the neighbours disagree" in w]
+    assert f"{min(teff):,.0f} to {max(teff):,.0f} K" in warning
+    sun_like = post(live_server, files["fits-image"], K=5)
+    assert not [w for w in warnings_of(sun_like) if "the neighbours disagree" in w]
 
 
 # -- the query's velocity -------------------------------------------------------------------------
