@@ -32,6 +32,7 @@ setup(
         "requests>=2.31",
         "scipy>=1.11",
         "scikit-learn>=1.4",
+        "threadpoolctl>=3.1",
         "tqdm>=4.66",
         "sqlglot>=25",
         "gunicorn>=22",

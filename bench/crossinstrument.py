@@ -415,7 +415,7 @@ def run(args: argparse.Namespace) -> dict:
         "archive_kind": f"an archive of MILES less every {args.holdout_every}th star by Teff"
         if args.holdout_every
         else "the demo archive",
-        "command": " ".join(sys.argv),
+        "command": " ".join(["python", "bench/crossinstrument.py", *map(shown_path, sys.argv[1:])]),
         "settings": {},
     }
     for setting in SETTINGS:
@@ -490,6 +490,15 @@ def run(args: argparse.Namespace) -> dict:
     result["ceilings"] = ceilings(stars, baselines)
     result["upload_s"] = upload_s
     return result
+
+
+def shown_path(argument: str) -> str:
+    """A command-line argument as the results may show it: a path outside the repository (this
+    machine's) as its last component."""
+    if not argument.startswith("/"):
+        return argument
+    path = Path(argument)
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else f"<{path.name} dir>"
 
 
 def label_warnings(uploads: list[Upload], answers: list[tuple[list[dict], dict]]) -> dict:
