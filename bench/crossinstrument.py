@@ -69,7 +69,7 @@ from bench.heldout import (  # noqa: E402
 )
 from model import analysis, resolution, synthetic  # noqa: E402
 from model.api import LatentModel  # noqa: E402
-from model.preprocess import C_KMS, FWHM_PER_SIGMA, Matching, prepare_many, smooth_to_resolution  # noqa: E402
+from model.preprocess import C_KMS, Matching, prepare_many, smooth_to_resolution  # noqa: E402
 from model.readers import read_spectra  # noqa: E402
 from model.spectrum import Spectrum, air_to_vacuum, vacuum_to_air  # noqa: E402
 from service import pipeline  # noqa: E402
@@ -233,13 +233,10 @@ class Baselines:
         spectra = pipeline.read_rows(rows)
         archive.close()
         self.grid, self.matchings = grid, {"continuum": matching, "median": Matching("median", 0.0)}
-        self.flux = {}
-        self.good = {}
-        for name, m in self.matchings.items():
-            on_grid = prepare_many(spectra, grid, m)
-            self.flux[name], self.good[name] = on_grid.flux, on_grid.good
-            if name == matching.normalise:
-                self.calibrated = on_grid.calibrated()
+        on_grids = {name: prepare_many(spectra, grid, m) for name, m in self.matchings.items()}
+        self.flux = {name: g.flux for name, g in on_grids.items()}
+        self.good = {name: g.good for name, g in on_grids.items()}
+        self.calibrated = on_grids[matching.normalise].calibrated()
         _, self.pca = analysis.pca_baseline(
             self.flux[matching.normalise], n_components, mask=~self.good[matching.normalise]
         )
@@ -249,6 +246,10 @@ class Baselines:
         self.normalise = matching.normalise
         self.archive_power = matching.resolving_power
 
+    def masked(self, which: str) -> np.ndarray:
+        """The archive's gridded flux as ``which`` normalisation prepared it, NaN where masked."""
+        return np.where(self.good[which], self.flux[which], np.nan)
+
     def matched(self, flux: np.ndarray, params: dict | None) -> np.ndarray:
         """The archive's gridded ``flux`` (NaN where masked) brought to an upload's velocity and
         resolving power as the service found them (PARAMs query_rv, query_resolving_power): the same
@@ -257,9 +258,7 @@ class Baselines:
             return flux
         step = self.grid.velocity_step_kms
         moved = resolution.shifted(flux, np.full(len(flux), (params.get("query_rv") or 0.0) / step))
-        power, archive_power = params["query_resolving_power"], self.archive_power
-        sharp = 1 / archive_power**2 if archive_power > 0 else 0.0
-        sigma = C_KMS * np.sqrt(max(1 / power**2 - sharp, 0.0)) / FWHM_PER_SIGMA / step
+        sigma = resolution.blur_width(params["query_resolving_power"], self.archive_power, step)
         return resolution.blurred(moved, sigma)
 
     def raw(self, spectrum: Spectrum, which: str, params: dict | None = None) -> np.ndarray:
@@ -267,11 +266,10 @@ class Baselines:
         (resolution, velocity, calibration curve, the continuum kept); without, as prepared."""
         on_grid = prepare_many([spectrum], self.grid, self.matchings[which])
         if params and params.get("query_resolving_power") is not None:
-            flux = np.nan_to_num(on_grid.calibrated()[0])
-            misfit = resolution.misfits(flux, on_grid.good[0], self.matched(self.calibrated, params))
+            archive = self.matched(self.calibrated, params)
+            misfit = resolution.misfits(on_grid.calibrated()[0], on_grid.good[0], archive)
         else:
-            archive = np.where(self.good[which], self.flux[which], np.nan)
-            misfit = resolution.misfits(on_grid.flux[0], on_grid.good[0], archive, degree=None)
+            misfit = resolution.misfits(on_grid.flux[0], on_grid.good[0], self.masked(which), degree=None)
         return np.argsort(misfit, kind="stable")[:K]
 
     def pca_knn(self, spectrum: Spectrum, params: dict | None = None) -> np.ndarray:
@@ -281,8 +279,7 @@ class Baselines:
         scores, *_ = np.linalg.lstsq(components.T, centred, rcond=None)
         archive = self.pca_scores
         if params and params.get("query_resolving_power") is not None:
-            flux = np.where(self.good[self.normalise], self.flux[self.normalise], np.nan)
-            matched = self.matched(flux, params)
+            matched = self.matched(self.masked(self.normalise), params)
             archive = self.pca.transform(np.where(np.isfinite(matched), matched, self.pca.mean_))
         distance = ((archive - scores) ** 2).sum(1)
         return np.argsort(distance)[:K]

@@ -360,7 +360,7 @@ class LatentModel:
         velocities = self.archive_velocities
         own = np.zeros(len(rows)) if velocities is None else np.nan_to_num(velocities[rows, 0].astype(float))
         return match(
-            np.nan_to_num(encoded.on_grid.calibrated()[0]),
+            encoded.on_grid.calibrated()[0],
             encoded.on_grid.good[0],
             self.archive_grid_flux[rows],
             (rv_kms or 0.0) - own,

@@ -79,6 +79,13 @@ def shifted(flux: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     return np.where(inside, values, np.nan)
 
 
+def blur_width(power: float, archive_power: float, pixel_kms: float) -> float:
+    """The Gaussian σ, in pixels of ``pixel_kms``, that takes a spectrum at ``archive_power`` (none
+    declared: 0) to ``power``; 0 where ``power`` is not the lower."""
+    sharp = 1.0 / archive_power**2 if archive_power > 0 else 0.0
+    return C_KMS * np.sqrt(max(1.0 / power**2 - sharp, 0.0)) / FWHM_PER_SIGMA / pixel_kms
+
+
 def blurred(flux: np.ndarray, sigma_pixels: float) -> np.ndarray:
     """Each row convolved with a Gaussian of ``sigma_pixels``, masked (NaN) pixels left out and
     masked again where less than :data:`MIN_WEIGHT` of the kernel had data."""
@@ -160,9 +167,7 @@ def match(
     best: tuple[float, float, np.ndarray] | None = None
     with blas().limit(limits=1, user_api="blas"):
         for power in ladder(archive_power, lowest):
-            sharp = 1.0 / archive_power**2 if archive_power > 0 else 0.0
-            sigma = C_KMS * np.sqrt(max(1.0 / power**2 - sharp, 0.0)) / FWHM_PER_SIGMA / pixel_kms
-            found = misfits(flux, good, blurred(moved, sigma))
+            found = misfits(flux, good, blurred(moved, blur_width(power, archive_power, pixel_kms)))
             score = float(np.mean(np.sort(found)[:FIT_NEAREST]))
             if best is None or score < best[0]:
                 best = (score, float(power), found)

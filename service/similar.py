@@ -158,7 +158,7 @@ def similar() -> Response:
             table.params.append(ood_param(document, ood.score))
             if ood.weak:
                 resource.infos.append(info("warning", "ood", weak_answer(ood.reasons())))
-        spread = label_spread([spectra[served.dids[int(r)]] for r in rows if served.dids[int(r)] in spectra])
+        spread = label_spread(list(spectra.values()))
         if spread is not None:
             resource.infos.append(info("warning", "labels", spread))
         document.resources.append(links_descriptor(document, PUBDID_ID))
